@@ -1,0 +1,417 @@
+"""Dreamer (Hafner et al., ICLR 2020): configuration, agent and training loop.
+
+Usage: python dreamer.py --logdir logdir/dmc_walker_walk/dreamer/0 --task dmc_walker_walk
+"""
+
+import argparse
+import functools
+import json
+import os
+import pathlib
+import random
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+import models
+import tools
+import wrappers
+
+# Every setting with its default (SPEC 2-8). The command line is generated from it.
+DEFAULTS = dict(
+    # Run.
+    logdir='', task='dmc_walker_walk', seed=0, steps=int(5e6), eval_every=int(1e4),
+    log_every=int(1e3), log_images=True, checkpoints=3, deterministic=False,
+    # Environment.
+    envs=1, parallel='process', action_repeat=2, time_limit=1000, prefill=5000,
+    clip_rewards='none',
+    # World model.
+    deter_size=200, stoch_size=30, num_units=400, cnn_depth=32, dense_act='elu',
+    cnn_act='relu', pcont=False, free_nats=3.0, free_nats_per_step=False,
+    kl_scale=1.0, pcont_scale=10.0,
+    # Optimisation and data.
+    batch_size=50, batch_length=50, train_every=1000, train_steps=100, pretrain=100,
+    model_lr=6e-4, value_lr=8e-5, actor_lr=8e-5, adam_epsilon=1e-7, grad_clip=100.0,
+    weight_decay=0.0, weight_decay_pattern=r'.*', dataset_balance=False,
+    dataset_size=0,
+    # Behaviour.
+    discount=0.99, disclam=0.95, horizon=15, use_value=True,
+    action_dist='tanh_normal', action_init_std=5.0, expl='additive_gaussian',
+    expl_amount=0.3, expl_decay=0.0, expl_min=0.0, eval_noise=0.0,
+)
+
+# Named overrides, applied in order by --configs.
+PRESETS = dict(
+    # The whole loop in about a minute on 2 CPU cores.
+    debug=dict(
+        steps=800, prefill=200, time_limit=100, train_every=200, train_steps=3,
+        pretrain=5, eval_every=400, log_every=200, batch_size=4, batch_length=10,
+        deter_size=16, stoch_size=4, num_units=16, cnn_depth=4, horizon=4),
+)
+
+CHOICES = dict(
+    parallel=('none', 'thread', 'process'), clip_rewards=('none', 'tanh'),
+    dense_act=('elu', 'relu'), cnn_act=('relu', 'elu'),
+    action_dist=('tanh_normal', 'onehot'),
+    expl=('additive_gaussian', 'epsilon_greedy', 'completely_random'))
+
+
+class Dreamer(tf.Module):
+  """World model, actor and value with their optimisers (SPEC 3-6)."""
+
+  def __init__(self, config, action_size):
+    super().__init__(name='dreamer')
+    c = self._c = config
+    self.encoder = models.ConvEncoder(c.cnn_depth, c.cnn_act)
+    self.dynamics = models.RSSM(c.stoch_size, c.deter_size, c.deter_size, c.dense_act)
+    self.decoder = models.ConvDecoder(c.cnn_depth, c.cnn_act)
+    self.reward = models.DenseHead((), 2, c.num_units, 'normal', c.dense_act)
+    self.pcont = models.DenseHead((), 3, c.num_units, 'binary', c.dense_act) if c.pcont else None
+    self.value = models.DenseHead((), 3, c.num_units, 'normal', c.dense_act) if c.use_value else None
+    self.actor = models.ActionHead(action_size, 4, c.num_units, c.action_dist, c.dense_act, init_std=c.action_init_std)
+    optimizer = functools.partial(tools.Optimizer, eps=c.adam_epsilon, clip=c.grad_clip, wd=c.weight_decay, wd_pattern=c.weight_decay_pattern)
+    self.model_opt = optimizer('model', c.model_lr)
+    self.actor_opt = optimizer('actor', c.actor_lr)
+    self.value_opt = optimizer('value', c.value_lr)
+    self.updates = tf.Variable(0, dtype=tf.int64, trainable=False)
+    self._action_size = action_size
+    self._build()
+    self.train = tf.function(self._train)
+    self.policy_step = tf.function(self._policy)
+    self.openloop = tf.function(self._openloop)
+
+  def _build(self):
+    """Create every variable eagerly on a tiny batch, so that each compiled
+    function is traced exactly once."""
+    image = tf.zeros([1, 1, 64, 64, 3])
+    post, _ = self.dynamics.observe(self.encoder(image), tf.zeros([1, 1, self._action_size]))
+    feat = self.dynamics.get_feat(post)
+    heads = [self.decoder, self.reward, self.actor, self.pcont, self.value]
+    for head in filter(None, heads):
+      head(feat)
+    for opt, variables in self._optimizers():
+      opt.build(variables)
+
+  def _optimizers(self):
+    world_model = [self.encoder, self.dynamics, self.decoder, self.reward, self.pcont]
+    pairs = [(self.model_opt, world_model), (self.actor_opt, [self.actor])]
+    if self.value:
+      pairs.append((self.value_opt, [self.value]))
+    return [(opt, [v for m in filter(None, mods) for v in m.trainable_variables]) for opt, mods in pairs]
+
+  def _train(self, data):
+    """One update of the world model, actor and value from one batch."""
+    data = self.preprocess(data)
+    with tf.GradientTape(persistent=True) as tape:
+      model_loss, post, metrics = self._model_loss(data)
+      imag_feat = self._imagine_ahead(post)
+      actor_loss, value_loss, behaviour_metrics = self._behaviour_losses(imag_feat)
+    losses = [model_loss, actor_loss, value_loss]
+    for (opt, variables), loss in zip(self._optimizers(), losses):
+      metrics[f'{opt.name}_grad_norm'] = opt(tape.gradient(loss, variables), variables)
+    del tape
+    self.updates.assign_add(1)
+    metrics.update(behaviour_metrics, model_loss=model_loss, actor_loss=actor_loss)
+    if self.value:
+      metrics['value_loss'] = value_loss
+    return metrics
+
+  def _model_loss(self, data):
+    """World-model loss (SPEC 3)."""
+    c = self._c
+    embed = self.encoder(data['image'])
+    post, prior = self.dynamics.observe(embed, data['action'])
+    feat = self.dynamics.get_feat(post)
+    likes = dict(
+        image=tf.reduce_mean(self.decoder(feat).log_prob(data['image'])),
+        reward=tf.reduce_mean(self.reward(feat).log_prob(data['reward'])))
+    if self.pcont:
+      target = data['discount'] * c.discount
+      likes['pcont'] = c.pcont_scale * tf.reduce_mean(self.pcont(feat).log_prob(target))
+    prior_dist = self.dynamics.get_dist(prior)
+    post_dist = self.dynamics.get_dist(post)
+    kl = post_dist.kl_divergence(prior_dist)
+    if c.free_nats_per_step:  # TF1 code: clip each step, then average.
+      div = tf.reduce_mean(tf.maximum(kl, c.free_nats))
+    else:  # TF2 code: clip the batch mean.
+      div = tf.maximum(tf.reduce_mean(kl), c.free_nats)
+    model_loss = c.kl_scale * div - sum(likes.values())
+    metrics = {f'{k}_loss': -v for k, v in likes.items()}
+    metrics.update(
+        kl=tf.reduce_mean(kl), prior_ent=tf.reduce_mean(prior_dist.entropy()),
+        post_ent=tf.reduce_mean(post_dist.entropy()))
+    return model_loss, post, metrics
+
+  def _imagine_ahead(self, post):
+    """Features [H, N, F] of H imagined steps from every posterior state (SPEC 4)."""
+    c = self._c
+    if self.pcont:  # The last step may be terminal.
+      post = {k: v[:, :-1] for k, v in post.items()}
+    flatten = lambda x: tf.reshape(x, [-1] + x.shape[2:].as_list())
+    start = {k: flatten(tf.stop_gradient(v)) for k, v in post.items()}
+
+    def step(prev, _):
+      feat = tf.stop_gradient(self.dynamics.get_feat(prev))
+      return self.dynamics.img_step(prev, self.actor(feat).sample())
+
+    states = tf.scan(step, tf.range(c.horizon), start)
+    return self.dynamics.get_feat(states)
+
+  def _behaviour_losses(self, imag_feat):
+    """Actor and value losses from lambda-returns (SPEC 4, paper eq. 6-8)."""
+    c = self._c
+    reward = self.reward(imag_feat).mode()
+    if self.pcont:
+      pcont = self.pcont(imag_feat).mean()
+    else:
+      pcont = c.discount * tf.ones_like(reward)
+    if self.value:
+      value = self.value(imag_feat).mode()
+      returns = tools.lambda_return(reward[:-1], value[:-1], pcont[:-1], value[-1], c.disclam)
+    else:  # Ablation: sum of imagined rewards, no bootstrap.
+      returns = tools.lambda_return(reward[:-1], tf.zeros_like(reward[:-1]), pcont[:-1], tf.zeros_like(reward[-1]), 1.0)
+    weights = tf.stop_gradient(tf.math.cumprod(tf.concat([tf.ones_like(pcont[:1]), pcont[:-2]], 0), 0))
+    actor_loss = -tf.reduce_mean(weights * returns)
+    value_loss = tf.constant(0.0)
+    if self.value:
+      value_pred = self.value(imag_feat[:-1])
+      value_loss = -tf.reduce_mean(weights * value_pred.log_prob(tf.stop_gradient(returns)))
+    metrics = dict(
+        action_ent=tf.reduce_mean(self.actor(tf.stop_gradient(imag_feat)).entropy()),
+        imag_reward=tf.reduce_mean(reward), imag_return=tf.reduce_mean(returns))
+    return actor_loss, value_loss, metrics
+
+  def preprocess(self, data):
+    """uint8 images to [-0.5, 0.5] floats (SPEC 3); optional reward squashing."""
+    data = dict(data)
+    data['image'] = tf.cast(data['image'], tf.float32) / 255.0 - 0.5
+    if self._c.clip_rewards == 'tanh':
+      data['reward'] = tf.tanh(data['reward'])
+    return data
+
+  def initial_state(self, batch_size):
+    return self.dynamics.initial(batch_size), tf.zeros([batch_size, self._action_size])
+
+  def _policy(self, image, reset, state, sample, amount):
+    """One agent step: filter the latent state, act, explore (SPEC 5)."""
+    latent, action = state
+    keep = 1.0 - tf.cast(reset, tf.float32)[:, None]
+    latent = {k: v * tf.cast(keep, v.dtype) for k, v in latent.items()}
+    action = action * keep
+    embed = self.encoder(self.preprocess({'image': image})['image'])
+    latent, _ = self.dynamics.obs_step(latent, action, embed)
+    dist = self.actor(self.dynamics.get_feat(latent))
+    action = tf.cond(sample, dist.sample, dist.mode)
+    action = self._explore(action, amount)
+    return action, (latent, action)
+
+  def _explore(self, action, amount):
+    expl = self._c.expl
+    if expl == 'additive_gaussian':
+      return tf.clip_by_value(action + amount * tf.random.normal(tf.shape(action)), -1, 1)
+    if expl == 'completely_random':
+      return tf.random.uniform(tf.shape(action), -1, 1)
+    # epsilon_greedy: with probability `amount` a uniformly random one-hot action.
+    random = tf.one_hot(tf.random.uniform(tf.shape(action)[:1], 0, self._action_size, tf.int32), self._action_size)
+    explore = tf.random.uniform(tf.shape(action)[:1]) < amount
+    return tf.where(explore[:, None], random, action)
+
+  def _openloop(self, data):
+    """Truth, model and error video: 5 context frames, then open-loop predictions."""
+    data = self.preprocess({k: v[:6] for k, v in data.items()})
+    embed = self.encoder(data['image'])
+    post, _ = self.dynamics.observe(embed[:, :5], data['action'][:, :5])
+    recon = self.decoder(self.dynamics.get_feat(post)).mode()
+    init = {k: v[:, -1] for k, v in post.items()}
+    prior = self.dynamics.imagine(data['action'][:, 5:], init)
+    openloop = self.decoder(self.dynamics.get_feat(prior)).mode()
+    truth = data['image'] + 0.5
+    model = tf.concat([recon, openloop], 1) + 0.5
+    error = (model - truth + 1) / 2
+    video = tf.concat([truth, model, error], 2)  # Stack vertically: [B, T, 3H, W, C].
+    video = tf.concat(tf.unstack(video, axis=0), 2)  # Batch side by side: [T, 3H, BW, C].
+    return tf.cast(tf.clip_by_value(video, 0, 1) * 255, tf.uint8)
+
+
+class Policy:
+  """The agent's acting interface for `tools.simulate`: numpy in, numpy out."""
+
+  def __init__(self, agent, sample, amount):
+    self._agent = agent
+    self._sample = tf.constant(sample)
+    self._amount = tf.constant(amount, tf.float32)
+
+  def __call__(self, obs, reset, state):
+    if state is None:
+      state = self._agent.initial_state(len(reset))
+    action, state = self._agent.policy_step(obs['image'], reset, state, self._sample, self._amount)
+    return action.numpy(), state
+
+
+def random_policy(act_space, seed):
+  rng = np.random.default_rng(seed)
+  return lambda obs, reset, state: (np.stack([act_space.sample(rng) for _ in reset]), None)
+
+
+def exploration_amount(config, step):
+  """expl_amount, halved every expl_decay env steps, floored at expl_min (SPEC 5)."""
+  amount = config.expl_amount
+  if config.expl_decay:
+    amount *= 0.5 ** (step / config.expl_decay)
+  return max(config.expl_min, amount)
+
+
+def make_envs(config, count, seed):
+  ctor = functools.partial(
+      wrappers.make_env, config.task, config.action_repeat, config.time_limit)
+  return [wrappers.Parallel(functools.partial(ctor, seed=seed + i), config.parallel) for i in range(count)]
+
+
+def agent_steps(config, env_steps):
+  return -(-env_steps // config.action_repeat)
+
+
+def seed_everything(config):
+  random.seed(config.seed)
+  np.random.seed(config.seed)
+  tf.random.set_seed(config.seed)
+  if config.deterministic:
+    tf.config.experimental.enable_op_determinism()
+
+
+def main(config):
+  logdir = pathlib.Path(config.logdir).expanduser()
+  logdir.mkdir(parents=True, exist_ok=True)
+  (logdir / 'config.json').write_text(json.dumps(vars(config), indent=2))
+  print('Config:', json.dumps(vars(config)))
+  seed_everything(config)
+  train_dir, test_dir = logdir / 'episodes', logdir / 'test_episodes'
+  step = tools.count_steps(train_dir, config.action_repeat)
+  logger = tools.Logger(logdir, step)
+
+  def log_episode(prefix, directory, episode):
+    logger.scalar(f'{prefix}/return', float(episode['reward'].sum()))
+    logger.scalar(f'{prefix}/length', (len(episode['reward']) - 1) * config.action_repeat)
+    logger.scalar(f'{prefix}/episodes', len(list(directory.glob('*.npz'))))
+
+  test_episodes = []
+  train_callbacks = [functools.partial(tools.save_episode, train_dir), functools.partial(log_episode, 'train', train_dir)]
+  test_callbacks = [functools.partial(tools.save_episode, test_dir), functools.partial(log_episode, 'test', test_dir), test_episodes.append]
+  train_envs = make_envs(config, config.envs, config.seed)
+  test_envs = make_envs(config, 1, config.seed + 1000)
+  try:
+    act_space = train_envs[0].act_space
+    env_state = None
+    if step < config.prefill:
+      print(f'Prefill dataset with {config.prefill - step} random env steps.')
+      env_state = tools.simulate(
+          random_policy(act_space, config.seed), train_envs,
+          steps=agent_steps(config, config.prefill - step), callbacks=train_callbacks)
+      step = tools.count_steps(train_dir, config.action_repeat)
+    agent = Dreamer(config, act_space.shape[0])
+    # Schedules: the last eval_every / log_every period that ran, saved with the weights.
+    done_period = dict(eval=tf.Variable(-1, dtype=tf.int64), log=tf.Variable(-1, dtype=tf.int64))
+    checkpoint = tf.train.Checkpoint(agent=agent, **done_period)
+    manager = tf.train.CheckpointManager(checkpoint, logdir / 'checkpoints', config.checkpoints)
+    if manager.latest_checkpoint:
+      checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+      print(f'Resumed from {manager.latest_checkpoint} at step {step}.')
+
+    def due(name, every):
+      if step // every > done_period[name]:
+        done_period[name].assign(step // every)
+        return True
+      return False
+
+    episodes = tools.Episodes(train_dir, config.dataset_size)
+    dataset = iter(tools.make_dataset(episodes, config.batch_size, config.batch_length, config.dataset_balance, config.seed))
+    while step < config.steps:
+      logger.step = step
+      if due('eval', config.eval_every):
+        test_episodes.clear()
+        tools.simulate(Policy(agent, False, config.eval_noise), test_envs, episodes=1, callbacks=test_callbacks)
+        if config.log_images:
+          logger.video('test/policy', test_episodes[0]['image'])
+      log = due('log', config.log_every)
+      updates = config.pretrain if int(agent.updates) == 0 else config.train_steps
+      for i in range(updates):
+        batch = next(dataset)
+        metrics = agent.train(batch)
+        if log:
+          for name, value in metrics.items():
+            logger.scalar(f'train/{name}', value)
+          if i == 0 and config.log_images:
+            logger.video('train/openloop', agent.openloop(batch))
+      amount = exploration_amount(config, step)
+      if log:
+        logger.scalar('train/expl_amount', amount)
+        logger.scalar('train/updates', int(agent.updates))
+        logger.write()
+      env_state = tools.simulate(
+          Policy(agent, True, amount), train_envs, steps=agent_steps(config, config.train_every),
+          state=env_state, callbacks=train_callbacks)
+      step = tools.count_steps(train_dir, config.action_repeat)
+      manager.save()
+    logger.step = step
+    logger.write()
+  finally:
+    for env in train_envs + test_envs:
+      env.close()
+
+
+def to_int(text):
+  """Integers may be written like 1e5."""
+  value = float(text)
+  if not value.is_integer():
+    raise ValueError(text)
+  return int(value)
+
+
+def to_bool(text):
+  if text not in ('True', 'False'):
+    raise ValueError(text)
+  return text == 'True'
+
+
+def parse_args(argv=None):
+  presets = argparse.ArgumentParser(add_help=False)
+  presets.add_argument('--configs', nargs='+', default=[], choices=sorted(PRESETS))
+  known, _ = presets.parse_known_args(argv)
+  defaults = dict(DEFAULTS)
+  for name in known.configs:
+    defaults.update(PRESETS[name])
+  parser = argparse.ArgumentParser(description=__doc__, parents=[presets], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  types = {bool: to_bool, int: to_int, float: float, str: str}
+  for key, value in defaults.items():
+    parser.add_argument(f'--{key}', type=types[type(DEFAULTS[key])], default=value, choices=CHOICES.get(key))
+  config = parser.parse_args(argv)
+  error = validate(config)
+  if error:
+    parser.error(error)
+  return config
+
+
+def validate(config):
+  """The first problem with the configuration, as one sentence, or None."""
+  if not config.logdir:
+    return 'Set --logdir, the folder for episodes, checkpoints and logs.'
+  try:
+    wrappers.check_task(config.task)
+  except ValueError as e:
+    return str(e)
+  sizes = ('steps', 'eval_every', 'log_every', 'envs', 'action_repeat', 'time_limit', 'deter_size', 'stoch_size', 'num_units', 'cnn_depth', 'batch_size', 'batch_length', 'train_every', 'horizon', 'checkpoints')
+  for key in sizes:
+    if getattr(config, key) <= 0:
+      return f'--{key} must be positive, got {getattr(config, key)}.'
+  rows = config.time_limit // config.action_repeat + 1
+  if config.batch_length > rows:
+    return f'--batch_length {config.batch_length} is longer than an episode ({rows} rows with --time_limit {config.time_limit} and --action_repeat {config.action_repeat}); lower it.'
+  return None
+
+
+if __name__ == '__main__':
+  main(parse_args())

@@ -1,0 +1,190 @@
+"""Networks of the world model (SPEC 3) and of behaviour learning (SPEC 4-5)."""
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+import tf_keras as keras
+
+import tools
+
+tfd = tfp.distributions
+
+
+class Module(tf.Module):
+  """Creates its layers lazily by name on first use, so `__call__` reads like the
+  equations it implements."""
+
+  def get(self, name, ctor, *args, **kwargs):
+    if not hasattr(self, '_layers'):
+      self._layers = {}
+    if name not in self._layers:
+      self._layers[name] = ctor(*args, **kwargs)
+    return self._layers[name]
+
+
+def as_float32(x):
+  """Distributions and losses stay float32 under mixed precision (SPEC 6)."""
+  return tf.cast(x, tf.float32)
+
+
+class RSSM(Module):
+  """Recurrent state-space model: state = dict(mean, std, stoch, deter) (SPEC 3)."""
+
+  def __init__(self, stoch=30, deter=200, hidden=200, act='elu', min_std=0.1):
+    super().__init__()
+    self._stoch = stoch
+    self._deter = deter
+    self._hidden = hidden
+    self._act = act
+    self._min_std = min_std
+    self._cell = keras.layers.GRUCell(deter)
+
+  def initial(self, batch_size):
+    dtype = keras.mixed_precision.global_policy().compute_dtype
+    zeros = lambda size: tf.zeros([batch_size, size], dtype)
+    return dict(mean=zeros(self._stoch), std=zeros(self._stoch),
+                stoch=zeros(self._stoch), deter=zeros(self._deter))
+
+  def observe(self, embed, action, state=None):
+    """Posterior and prior states [B, T, ...] of a sequence; action[:, t] led to
+    the observation embedded in embed[:, t] (SPEC 7 alignment)."""
+    if state is None:
+      state = self.initial(tf.shape(action)[0])
+    embed, action = swap(embed), swap(action)
+    post, prior = tf.scan(
+        lambda prev, inputs: self.obs_step(prev[0], *inputs),
+        (action, embed), (state, state))
+    return tf.nest.map_structure(swap, post), tf.nest.map_structure(swap, prior)
+
+  def imagine(self, action, state=None):
+    """Prior states [B, T, ...] from open-loop actions [B, T, A]."""
+    if state is None:
+      state = self.initial(tf.shape(action)[0])
+    prior = tf.scan(self.img_step, swap(action), state)
+    return tf.nest.map_structure(swap, prior)
+
+  def get_feat(self, state):
+    return tf.concat([state['stoch'], state['deter']], -1)
+
+  def get_dist(self, state):
+    return tfd.MultivariateNormalDiag(as_float32(state['mean']), as_float32(state['std']))
+
+  def obs_step(self, prev_state, prev_action, embed):
+    prior = self.img_step(prev_state, prev_action)
+    x = tf.concat([prior['deter'], embed], -1)
+    x = self.get('obs1', keras.layers.Dense, self._hidden, self._act)(x)
+    post = self._stoch_state(self.get('obs2', keras.layers.Dense, 2 * self._stoch)(x))
+    post['deter'] = prior['deter']
+    return post, prior
+
+  def img_step(self, prev_state, prev_action):
+    prev_action = tf.cast(prev_action, prev_state['stoch'].dtype)
+    x = tf.concat([prev_state['stoch'], prev_action], -1)
+    x = self.get('img1', keras.layers.Dense, self._hidden, self._act)(x)
+    _, (deter,) = self._cell(x, [prev_state['deter']])
+    x = self.get('img2', keras.layers.Dense, self._hidden, self._act)(deter)
+    prior = self._stoch_state(self.get('img3', keras.layers.Dense, 2 * self._stoch)(x))
+    prior['deter'] = deter
+    return prior
+
+  def _stoch_state(self, x):
+    mean, std = tf.split(x, 2, -1)
+    std = tf.nn.softplus(std) + self._min_std
+    # Reparameterized, with independent noise for every batch element (SPEC 3).
+    stoch = mean + std * tf.random.normal(tf.shape(mean), dtype=mean.dtype)
+    return dict(mean=mean, std=std, stoch=stoch)
+
+
+def swap(x):
+  """Exchange the first two axes (batch-major <-> time-major)."""
+  return tf.transpose(x, [1, 0] + list(range(2, x.shape.rank)))
+
+
+class ConvEncoder(Module):
+  """64x64x3 -> 4 convs, kernel 4, stride 2 -> flattened 32 x depth (SPEC 3)."""
+
+  def __init__(self, depth=32, act='relu'):
+    super().__init__()
+    self._depth = depth
+    self._act = act
+
+  def __call__(self, image):
+    x = tf.reshape(image, [-1] + image.shape[-3:].as_list())
+    for i, mult in enumerate((1, 2, 4, 8)):
+      x = self.get(f'h{i}', keras.layers.Conv2D, mult * self._depth, 4, 2, activation=self._act)(x)
+    return tf.reshape(x, tf.concat([tf.shape(image)[:-3], [32 * self._depth]], 0))
+
+
+class ConvDecoder(Module):
+  """Features -> Normal(mean image, 1) over 64x64x3 pixels (SPEC 3)."""
+
+  def __init__(self, depth=32, act='relu', shape=(64, 64, 3)):
+    super().__init__()
+    self._depth = depth
+    self._act = act
+    self._shape = shape
+
+  def __call__(self, features):
+    x = self.get('h1', keras.layers.Dense, 32 * self._depth)(features)
+    x = tf.reshape(x, [-1, 1, 1, 32 * self._depth])
+    layers = ((4, 5, self._act), (2, 5, self._act), (1, 6, self._act))
+    for i, (mult, kernel, act) in enumerate(layers):
+      x = self.get(f'h{i + 2}', keras.layers.Conv2DTranspose, mult * self._depth, kernel, 2, activation=act)(x)
+    x = self.get('h5', keras.layers.Conv2DTranspose, self._shape[-1], 6, 2)(x)
+    mean = tf.reshape(as_float32(x), tf.concat([tf.shape(features)[:-1], self._shape], 0))
+    return tfd.Independent(tfd.Normal(mean, 1), len(self._shape))
+
+
+class DenseHead(Module):
+  """MLP -> Normal(mean, 1) or Bernoulli(logits) over `shape` (SPEC 3-4)."""
+
+  def __init__(self, shape, layers, units, dist='normal', act='elu'):
+    super().__init__()
+    self._shape = tuple(shape)
+    self._layers_count = layers
+    self._units = units
+    self._dist = dist
+    self._act = act
+
+  def __call__(self, features):
+    x = features
+    for i in range(self._layers_count):
+      x = self.get(f'h{i}', keras.layers.Dense, self._units, self._act)(x)
+    x = self.get('out', keras.layers.Dense, int(np.prod(self._shape)))(x)
+    x = tf.reshape(as_float32(x), tf.concat([tf.shape(features)[:-1], self._shape], 0))
+    if self._dist == 'normal':
+      return tfd.Independent(tfd.Normal(x, 1), len(self._shape))
+    if self._dist == 'binary':
+      return tfd.Independent(tfd.Bernoulli(logits=x, dtype=tf.float32), len(self._shape))
+    raise ValueError(f'Unknown head distribution {self._dist!r}; use normal or binary.')
+
+
+class ActionHead(Module):
+  """Actor: tanh-transformed diagonal Normal or straight-through one-hot (SPEC 5)."""
+
+  def __init__(self, size, layers=4, units=400, dist='tanh_normal', act='elu',
+               min_std=1e-4, init_std=5.0, mean_scale=5.0):
+    super().__init__()
+    self._size = size
+    self._layers_count = layers
+    self._units = units
+    self._dist = dist
+    self._act = act
+    self._min_std = min_std
+    self._raw_init_std = np.log(np.exp(init_std) - 1)  # softplus^-1(init_std)
+    self._mean_scale = mean_scale
+
+  def __call__(self, features):
+    x = features
+    for i in range(self._layers_count):
+      x = self.get(f'h{i}', keras.layers.Dense, self._units, self._act)(x)
+    if self._dist == 'tanh_normal':
+      x = as_float32(self.get('out', keras.layers.Dense, 2 * self._size)(x))
+      mean, std = tf.split(x, 2, -1)
+      mean = self._mean_scale * tf.tanh(mean / self._mean_scale)
+      std = tf.nn.softplus(std + self._raw_init_std) + self._min_std
+      dist = tfd.TransformedDistribution(tfd.Normal(mean, std), tools.ClippedTanh())
+      return tools.SampleDist(tfd.Independent(dist, 1))
+    if self._dist == 'onehot':
+      return tools.OneHotDist(as_float32(self.get('out', keras.layers.Dense, self._size)(x)))
+    raise ValueError(f'Unknown action distribution {self._dist!r}; use tanh_normal or onehot.')

@@ -1,0 +1,217 @@
+import pathlib
+import warnings
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tools
+
+
+def numpy_lambda_return(reward, value, pcont, bootstrap, lambda_):
+  """Plain loop over paper eq. 6, written independently of tools.lambda_return."""
+  horizon = len(reward)
+  returns = np.zeros_like(reward)
+  next_return = bootstrap
+  for t in reversed(range(horizon)):
+    next_value = value[t + 1] if t + 1 < horizon else bootstrap
+    returns[t] = reward[t] + pcont[t] * ((1 - lambda_) * next_value + lambda_ * next_return)
+    next_return = returns[t]
+  return returns
+
+
+@pytest.mark.parametrize('lambda_', [0.0, 0.5, 0.95, 1.0])
+def test_lambda_return_matches_numpy_loop(lambda_):
+  rng = np.random.default_rng(0)
+  reward, value, pcont = (rng.normal(size=(14, 7)).astype(np.float32) for _ in range(3))
+  pcont = np.abs(pcont)
+  bootstrap = rng.normal(size=7).astype(np.float32)
+  expected = numpy_lambda_return(reward, value, pcont, bootstrap, lambda_)
+  actual = tools.lambda_return(reward, value, pcont, bootstrap, lambda_).numpy()
+  np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_lambda_return_special_cases():
+  rng = np.random.default_rng(1)
+  reward, value = rng.normal(size=(2, 6)).astype(np.float32)
+  gamma = np.full(6, 0.9, np.float32)
+  bootstrap = np.float32(2.0)
+  # lambda = 0: one-step TD targets r_t + gamma v_{t+1}.
+  td = tools.lambda_return(reward, value, gamma, bootstrap, 0.0).numpy()
+  np.testing.assert_allclose(td, reward + 0.9 * np.append(value[1:], bootstrap), rtol=1e-5)
+  # lambda = 1: discounted Monte Carlo return bootstrapped with v_T.
+  mc = tools.lambda_return(reward, value, gamma, bootstrap, 1.0).numpy()
+  expected = [sum(0.9 ** (k - t) * reward[k] for k in range(t, 6)) + 0.9 ** (6 - t) * bootstrap for t in range(6)]
+  np.testing.assert_allclose(mc, expected, rtol=1e-5)
+
+
+def test_lambda_return_three_steps_by_hand():
+  # r = (1, 2, 3), v = (10, 20, 30), bootstrap 40, c = 0.5, lambda = 0.5:
+  # R_2 = 3 + 0.5 * 40 = 23
+  # R_1 = 2 + 0.5 * (0.5 * 30 + 0.5 * 23) = 15.25
+  # R_0 = 1 + 0.5 * (0.5 * 20 + 0.5 * 15.25) = 9.8125
+  returns = tools.lambda_return(
+      tf.constant([1.0, 2.0, 3.0]), tf.constant([10.0, 20.0, 30.0]),
+      tf.constant([0.5, 0.5, 0.5]), tf.constant(40.0), 0.5)
+  np.testing.assert_allclose(returns.numpy(), [9.8125, 15.25, 23.0], rtol=1e-6)
+
+
+def tanh_normal(mean, std):
+  import tensorflow_probability as tfp
+  tfd = tfp.distributions
+  dist = tfd.TransformedDistribution(tfd.Normal(mean, std), tools.ClippedTanh())
+  return tools.SampleDist(tfd.Independent(dist, 1))
+
+
+def test_tanh_normal_log_prob_is_change_of_variables():
+  mean, std = np.array([0.3, -1.2]), np.array([0.7, 1.5])
+  dist = tanh_normal(tf.constant(mean, tf.float32), tf.constant(std, tf.float32))
+  y = np.array([0.5, -0.9])
+  x = np.arctanh(y)
+  normal = -0.5 * ((x - mean) / std) ** 2 - np.log(std) - 0.5 * np.log(2 * np.pi)
+  # p(y) = p(x) |dx/dy| with dx/dy = 1 / (1 - y^2).
+  expected = np.sum(normal - np.log(1 - y ** 2))
+  assert dist.log_prob(tf.constant(y, tf.float32)).numpy() == pytest.approx(expected, rel=1e-4)
+
+
+def test_tanh_normal_density_integrates_to_one():
+  dist = tanh_normal(tf.constant([0.4]), tf.constant([0.8]))
+  y = np.linspace(-1, 1, 200001)[1:-1].astype(np.float32)
+  density = np.exp(dist.log_prob(y[:, None]).numpy())
+  assert np.trapezoid(density, y) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_tanh_normal_samples_in_open_interval_and_finite_log_prob():
+  dist = tanh_normal(tf.constant([[4.9, -4.9, 0.0]]), tf.constant([[5.0, 5.0, 5.0]]))
+  sample = dist.sample(1000)
+  assert np.all(np.abs(sample.numpy()) <= 1)
+  assert np.all(np.isfinite(dist.log_prob(sample).numpy()))
+  saturated = tf.constant([[1.0, -1.0, 1.0]])
+  assert np.isfinite(dist.log_prob(saturated).numpy()).all()
+
+
+def test_tanh_normal_mode_near_tanh_mean_for_small_std():
+  tf.random.set_seed(0)
+  mean = tf.constant([[0.5, -1.0, 2.0]])
+  dist = tanh_normal(mean, tf.constant([[0.01, 0.01, 0.01]]))
+  np.testing.assert_allclose(dist.mode().numpy(), np.tanh(mean.numpy()), atol=0.01)
+
+
+def test_tanh_normal_entropy_estimate_matches_numerical_integral():
+  tf.random.set_seed(0)
+  dist = tanh_normal(tf.constant([0.2]), tf.constant([0.5]))
+  y = np.linspace(-1, 1, 200001)[1:-1].astype(np.float32)
+  logp = dist.log_prob(y[:, None]).numpy()
+  exact = -np.trapezoid(np.exp(logp) * logp, y)
+  estimates = [float(dist.entropy()) for _ in range(50)]
+  assert np.mean(estimates) == pytest.approx(exact, abs=0.05)
+
+
+def test_one_hot_sample_is_one_hot_with_straight_through_gradient():
+  logits = tf.Variable([[0.1, 2.0, -1.0]])
+  with tf.GradientTape() as tape:
+    sample = tools.OneHotDist(logits).sample()
+    loss = tf.reduce_sum(sample * tf.constant([[1.0, 2.0, 3.0]]))
+  assert sorted(sample.numpy()[0].tolist()) == [0.0, 0.0, 1.0]
+  grad = tape.gradient(loss, logits).numpy()
+  # The gradient is that of sum(probs * w): softmax Jacobian times w.
+  probs = tf.nn.softmax(logits).numpy()[0]
+  w = np.array([1.0, 2.0, 3.0])
+  np.testing.assert_allclose(grad[0], probs * (w - probs @ w), rtol=1e-5)
+
+
+def random_episode(length, rng, action_size=2):
+  return dict(
+      image=rng.integers(0, 256, (length, 64, 64, 3), dtype=np.uint8),
+      action=rng.uniform(-1, 1, (length, action_size)).astype(np.float32),
+      reward=rng.normal(size=length).astype(np.float32),
+      discount=np.ones(length, np.float32),
+      position=rng.normal(size=(length, 3)).astype(np.float32))
+
+
+def test_episode_round_trip_keeps_dtypes_keys_and_length(tmp_path):
+  episode = random_episode(7, np.random.default_rng(0))
+  filename = tools.save_episode(tmp_path, episode)
+  assert filename.name.endswith('-7.npz')
+  assert not [f for f in tmp_path.iterdir() if f.suffix != '.npz']
+  with np.load(filename, allow_pickle=False) as data:
+    assert set(data.keys()) == set(episode)
+    for key, value in episode.items():
+      assert data[key].dtype == value.dtype
+      np.testing.assert_array_equal(data[key], value)
+
+
+def test_count_steps_sums_transitions_times_action_repeat(tmp_path):
+  rng = np.random.default_rng(0)
+  for length in (11, 21, 6):
+    tools.save_episode(tmp_path, random_episode(length, rng))
+  assert tools.count_steps(tmp_path, action_repeat=2) == (10 + 20 + 5) * 2
+  assert tools.count_steps(tmp_path / 'missing', action_repeat=2) == 0
+
+
+def test_dataset_windows_have_shapes_and_never_cross_episodes(tmp_path):
+  rng = np.random.default_rng(0)
+  for index, length in enumerate((12, 30, 5)):
+    episode = random_episode(length, rng)
+    # Mark each row with its episode and row so windows can be traced back.
+    episode['reward'] = (100 * index + np.arange(length)).astype(np.float32)
+    tools.save_episode(tmp_path, episode)
+  episodes = tools.Episodes(tmp_path)
+  dataset = tools.make_dataset(episodes, batch_size=8, batch_length=10)
+  for batch in dataset.take(20):
+    assert batch['image'].shape == (8, 10, 64, 64, 3)
+    assert batch['image'].dtype == tf.uint8
+    assert batch['action'].shape == (8, 10, 2)
+    assert batch['reward'].shape == (8, 10)
+    reward = batch['reward'].numpy()
+    # Consecutive rows of one episode: ids increase by exactly one.
+    np.testing.assert_array_equal(np.diff(reward, axis=1), 1)
+    # The 5-row episode (ids 200+) is too short for a window of 10.
+    assert (reward < 200).all()
+
+
+def test_dataset_sees_episodes_written_later(tmp_path):
+  rng = np.random.default_rng(0)
+  first = random_episode(10, rng)
+  first['reward'][:] = 0
+  tools.save_episode(tmp_path, first)
+  episodes = tools.Episodes(tmp_path)
+  batches = iter(tools.make_dataset(episodes, batch_size=1, batch_length=10, rescan_every=5))
+  second = random_episode(10, rng)
+  second['reward'][:] = 1
+  tools.save_episode(tmp_path, second)
+  seen = {float(next(batches)['reward'][0, 0]) for _ in range(60)}
+  assert seen == {0.0, 1.0}
+
+
+def test_episodes_cache_keeps_at_most_limit_steps_and_keeps_files(tmp_path):
+  rng = np.random.default_rng(0)
+  for _ in range(4):
+    tools.save_episode(tmp_path, random_episode(11, rng))
+  episodes = tools.Episodes(tmp_path, limit=25)
+  episodes.update()
+  assert episodes.steps() == 20
+  assert len(list(tmp_path.glob('*.npz'))) == 4
+
+
+def test_bad_episode_files_are_skipped_with_one_warning(tmp_path):
+  rng = np.random.default_rng(0)
+  good = tools.save_episode(tmp_path, random_episode(10, rng))
+  data = good.read_bytes()
+  (tmp_path / 'a-x-10.npz').write_bytes(data[: len(data) // 2])
+  (tmp_path / 'b-x-10.npz').write_bytes(b'')
+  missing = random_episode(10, rng)
+  del missing['discount']
+  np.savez(tmp_path / 'c-x-10.npz', **missing)
+  np.savez(tmp_path / 'd-x-10.npz', image=np.array([{'a': 1}] * 10, dtype=object), action=np.zeros((10, 2)), reward=np.zeros(10), discount=np.zeros(10))
+  np.savez(tmp_path / 'e-x-12.npz', **random_episode(10, rng))
+  episodes = tools.Episodes(tmp_path)
+  with pytest.warns(UserWarning) as record:
+    episodes.update()
+  messages = [str(w.message) for w in record if str(w.message).startswith('Skipping episode')]
+  skipped = sorted(pathlib.Path(m.split()[2].rstrip(':')).name for m in messages)
+  assert skipped == ['a-x-10.npz', 'b-x-10.npz', 'c-x-10.npz', 'd-x-10.npz', 'e-x-12.npz']
+  assert list(episodes.episodes) == [good]
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    episodes.update()  # Each bad file warns once only.

@@ -1,0 +1,323 @@
+"""Utilities: episode storage, the training dataset, lambda-returns, distributions,
+optimisers, logging and the environment loop."""
+
+import collections
+import datetime
+import json
+import os
+import pathlib
+import re
+import time
+import uuid
+import warnings
+
+import imageio.v3 as iio
+import numpy as np
+import tensorflow as tf
+import tensorflow_probability as tfp
+import tf_keras as keras
+from tensorboard.compat.proto import summary_pb2
+
+tfd = tfp.distributions
+
+# Keys every stored episode has (SPEC 7); the dataset serves only these.
+EPISODE_KEYS = ('image', 'action', 'reward', 'discount')
+
+
+# Episodes on disk (SPEC 7).
+
+def save_episode(directory, episode):
+  """Write one episode as `<timestamp>-<uuid>-<length>.npz`, atomically: a reader
+  never sees a partial file, even if the process dies while writing."""
+  directory = pathlib.Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  timestamp = datetime.datetime.now().strftime('%Y%m%dT%H%M%S')
+  length = len(episode['reward'])
+  filename = directory / f'{timestamp}-{uuid.uuid4().hex}-{length}.npz'
+  atomic_write(filename, lambda f: np.savez_compressed(f, **episode))
+  return filename
+
+
+def atomic_write(filename, write):
+  """Call write(file) on a temporary file beside `filename`, fsync, rename."""
+  filename = pathlib.Path(filename)
+  temp = filename.with_name(f'.{filename.name}.tmp')
+  with open(temp, 'wb') as f:
+    write(f)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(temp, filename)
+  folder = os.open(filename.parent, os.O_RDONLY)
+  try:
+    os.fsync(folder)
+  finally:
+    os.close(folder)
+
+
+def episode_length(filename):
+  """Rows of an episode (transitions including the first), read from its name."""
+  return int(pathlib.Path(filename).stem.rsplit('-', 1)[-1])
+
+
+def count_steps(directory, action_repeat):
+  """Env steps collected so far: sum of (length - 1) x action_repeat (SPEC 7)."""
+  files = pathlib.Path(directory).glob('*.npz')
+  return sum((episode_length(f) - 1) * action_repeat for f in files)
+
+
+def load_episode(filename):
+  """Load and check one episode file; raise ValueError saying what is wrong."""
+  try:
+    with open(filename, 'rb') as f, np.load(f, allow_pickle=False) as data:
+      episode = {key: data[key] for key in EPISODE_KEYS if key in data}
+  except Exception as e:
+    raise ValueError(f'cannot be read ({type(e).__name__}: {e})') from e
+  missing = set(EPISODE_KEYS) - set(episode)
+  if missing:
+    raise ValueError(f'misses keys {sorted(missing)}')
+  length = episode_length(filename)
+  lengths = {key: len(value) for key, value in episode.items()}
+  if set(lengths.values()) != {length}:
+    raise ValueError(f'has lengths {lengths}, the name says {length}')
+  if episode['image'].dtype != np.uint8 or episode['image'].ndim != 4:
+    raise ValueError(f'has image {episode["image"].dtype}{episode["image"].shape}')
+  return episode
+
+
+class Episodes:
+  """The episodes of a folder held in RAM: new files are loaded on `update()`,
+  unreadable ones are skipped with one warning, and at most `limit` env steps are
+  kept (oldest dropped from RAM, never from disk). limit 0 means no bound."""
+
+  def __init__(self, directory, limit=0):
+    self.directory = pathlib.Path(directory)
+    self.episodes = collections.OrderedDict()
+    self._limit = limit
+    self._seen = set()
+
+  def update(self):
+    for filename in sorted(self.directory.glob('*.npz')):
+      if filename in self._seen:
+        continue
+      self._seen.add(filename)
+      try:
+        self.episodes[filename] = load_episode(filename)
+      except ValueError as e:
+        warnings.warn(f'Skipping episode {filename}: it {e}.')
+    while self._limit and self.steps() > self._limit:
+      self.episodes.popitem(last=False)
+
+  def steps(self):
+    return sum(len(episode['reward']) - 1 for episode in self.episodes.values())
+
+  def sample(self, rng, length, balance=False):
+    """A window of `length` consecutive rows from a uniformly chosen episode."""
+    episodes = [e for e in self.episodes.values() if len(e['reward']) >= length]
+    if not episodes:
+      raise ValueError(
+          f'No episode in {self.directory} has batch_length={length} rows; '
+          'lower --batch_length or raise --time_limit.')
+    episode = episodes[rng.integers(len(episodes))]
+    total = len(episode['reward'])
+    if balance:  # Biased towards the ends of episodes.
+      start = min(rng.integers(total), total - length)
+    else:
+      start = rng.integers(total - length + 1)
+    return {key: value[start: start + length] for key, value in episode.items()}
+
+
+def make_dataset(episodes, batch_size, batch_length, balance=False, seed=0,
+                 rescan_every=100):
+  """Batches of [batch_size, batch_length] windows from `Episodes`, rescanning
+  its folder for new files every `rescan_every` windows (SPEC 7)."""
+  episodes.update()
+  example = episodes.sample(np.random.default_rng(seed), batch_length)
+  signature = {
+      key: tf.TensorSpec((batch_length,) + value.shape[1:], value.dtype)
+      for key, value in example.items()}
+
+  def generator():
+    rng = np.random.default_rng(seed)
+    while True:
+      for _ in range(rescan_every):
+        yield episodes.sample(rng, batch_length, balance)
+      episodes.update()
+
+  dataset = tf.data.Dataset.from_generator(generator, output_signature=signature)
+  dataset = dataset.batch(batch_size, drop_remainder=True)
+  return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+# Behaviour learning math (SPEC 4).
+
+def lambda_return(reward, value, pcont, bootstrap, lambda_):
+  """Lambda-returns over time-major inputs [T, ...] (paper eq. 6):
+  R_t = r_t + c_t ((1 - lambda) v_{t+1} + lambda R_{t+1}), with R_T = v_T = bootstrap."""
+  next_value = tf.concat([value[1:], bootstrap[None]], 0)
+  inputs = reward + pcont * next_value * (1 - lambda_)
+  return tf.scan(
+      lambda agg, cur: cur[0] + cur[1] * lambda_ * agg,
+      (inputs, pcont), bootstrap, reverse=True)
+
+
+# Distributions (SPEC 5).
+
+class ClippedTanh(tfp.bijectors.Tanh):
+  """tanh whose inverse clips |y| below 1 so saturated samples keep a finite
+  log-prob (SPEC 5). The largest float32 below 1 is 1 - 6e-8."""
+
+  def _inverse(self, y):
+    bound = np.nextafter(np.float32(1), np.float32(0))
+    return tf.atanh(tf.clip_by_value(y, -bound, bound))
+
+
+class SampleDist:
+  """Mode, mean and entropy of a distribution without closed forms, estimated
+  from `samples` reparameterized samples (SPEC 5)."""
+
+  def __init__(self, dist, samples=100):
+    self._dist = dist
+    self._samples = samples
+
+  def __getattr__(self, name):
+    return getattr(self._dist, name)
+
+  def mean(self):
+    return tf.reduce_mean(self._dist.sample(self._samples), 0)
+
+  def mode(self):
+    """The most likely of the samples (event rank 1)."""
+    sample = self._dist.sample(self._samples)
+    best = tf.one_hot(tf.argmax(self._dist.log_prob(sample), 0), self._samples, axis=0)
+    return tf.reduce_sum(best[..., None] * sample, 0)
+
+  def entropy(self):
+    sample = self._dist.sample(self._samples)
+    return -tf.reduce_mean(self._dist.log_prob(sample), 0)
+
+
+class OneHotDist(tfd.OneHotCategorical):
+  """One-hot categorical whose samples carry a straight-through gradient (SPEC 5)."""
+
+  def __init__(self, logits):
+    super().__init__(logits=logits, dtype=tf.float32)
+
+  def mode(self):
+    return tf.one_hot(tf.argmax(self.logits_parameter(), -1), self.event_shape[-1])
+
+  def sample(self, sample_shape=(), seed=None):
+    sample = super().sample(sample_shape, seed)
+    probs = self.probs_parameter()
+    return sample + probs - tf.stop_gradient(probs)
+
+
+# Optimisation (SPEC 6).
+
+class Optimizer(tf.Module):
+  """Adam with global-norm clipping and optional decoupled weight decay on the
+  variables whose names match `wd_pattern`. Non-finite gradients skip the update."""
+
+  def __init__(self, name, lr, eps=1e-7, clip=100.0, wd=0.0, wd_pattern=r'.*'):
+    super().__init__(name=name)
+    self.opt = keras.optimizers.Adam(lr, epsilon=eps)
+    self._clip = clip
+    self._wd = wd
+    self._wd_pattern = wd_pattern
+
+  def build(self, variables):
+    self.opt.build(variables)
+
+  def __call__(self, grads, variables):
+    """Apply and return the global gradient norm before clipping."""
+    grads, norm = tf.clip_by_global_norm(grads, self._clip)
+    if tf.math.is_finite(norm):
+      if self._wd:
+        for var in variables:
+          if re.search(self._wd_pattern, var.name):
+            var.assign((1 - self._wd) * var)
+      self.opt.apply_gradients(zip(grads, variables))
+    return norm
+
+
+# Logging.
+
+class Logger:
+  """Scalars to TensorBoard, `metrics.jsonl` and the console; GIFs to TensorBoard
+  and `videos/`. Values are averaged between writes."""
+
+  def __init__(self, logdir, step):
+    self._logdir = pathlib.Path(logdir)
+    self._writer = tf.summary.create_file_writer(str(self._logdir))
+    self._scalars = collections.defaultdict(list)
+    self._videos = {}
+    self._last = (time.time(), step)
+    self.step = step
+
+  def scalar(self, name, value):
+    self._scalars[name].append(float(value))
+
+  def video(self, name, frames):
+    """frames: uint8 [T, H, W, C]."""
+    self._videos[name] = np.asarray(frames)
+
+  def write(self):
+    metrics = {name: float(np.mean(values)) for name, values in self._scalars.items()}
+    now = time.time()
+    if self.step > self._last[1]:
+      metrics['fps'] = (self.step - self._last[1]) / (now - self._last[0])
+    self._last = (now, self.step)
+    print(f'[{self.step}]', ' / '.join(f'{k} {v:.3g}' for k, v in metrics.items()))
+    with open(self._logdir / 'metrics.jsonl', 'a') as f:
+      f.write(json.dumps({'step': self.step, **metrics}) + '\n')
+    with self._writer.as_default():
+      for name, value in metrics.items():
+        tf.summary.scalar(name, value, self.step)
+      for name, frames in self._videos.items():
+        self._write_gif(name, frames)
+    self._writer.flush()
+    self._scalars.clear()
+    self._videos.clear()
+
+  def _write_gif(self, name, frames):
+    folder = self._logdir / 'videos'
+    folder.mkdir(exist_ok=True)
+    data = iio.imwrite('<bytes>', frames, extension='.gif', duration=40, loop=0)
+    (folder / f'{name.replace("/", "_")}_{self.step}.gif').write_bytes(data)
+    # TensorBoard shows an animated GIF stored as an encoded image summary.
+    image = summary_pb2.Summary.Image(
+        height=frames.shape[1], width=frames.shape[2], colorspace=frames.shape[3],
+        encoded_image_string=data)
+    summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=name, image=image)])
+    tf.summary.experimental.write_raw_pb(summary.SerializeToString(), self.step)
+
+
+# Environment loop.
+
+def simulate(policy, envs, steps=0, episodes=0, state=None, callbacks=()):
+  """Drive a batch of environments with `policy(obs, reset, agent_state) ->
+  (actions, agent_state)` for `steps` agent steps or `episodes` episodes.
+  Finished episodes (from info['episode']) go to each callback. Returns a state to
+  resume from: envs that were mid-episode continue where they stopped."""
+  if state is None:
+    done = np.ones(len(envs), bool)
+    obs = [None] * len(envs)
+    agent_state = None
+  else:
+    done, obs, agent_state = state
+  step, episode = 0, 0
+  while (steps and step < steps) or (episodes and episode < episodes):
+    resets = {i: envs[i].reset() for i in np.flatnonzero(done)}
+    for i, promise in resets.items():
+      obs[i] = promise()
+    batch = {key: np.stack([o[key] for o in obs]) for key in obs[0]}
+    actions, agent_state = policy(batch, done, agent_state)
+    results = [promise() for promise in [e.step(a) for e, a in zip(envs, actions)]]
+    obs, _, done, infos = map(list, zip(*results))
+    done = np.array(done, bool)
+    for info in infos:
+      if 'episode' in info:
+        for callback in callbacks:
+          callback(info['episode'])
+    step += len(envs)
+    episode += int(done.sum())
+  return done, obs, agent_state
