@@ -296,7 +296,7 @@ def main(config):
   def log_episode(prefix, directory, episode):
     logger.scalar(f'{prefix}/return', float(episode['reward'].sum()))
     logger.scalar(f'{prefix}/length', (len(episode['reward']) - 1) * config.action_repeat)
-    logger.scalar(f'{prefix}/episodes', len(list(directory.glob('*.npz'))))
+    logger.scalar(f'{prefix}/episodes', len(list(directory.glob('*.npz'))), mean=False)
 
   test_episodes = []
   train_callbacks = [functools.partial(tools.save_episode, train_dir), functools.partial(log_episode, 'train', train_dir)]

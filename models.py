@@ -97,7 +97,7 @@ class RSSM(Module):
 
 def swap(x):
   """Exchange the first two axes (batch-major <-> time-major)."""
-  return tf.transpose(x, [1, 0] + list(range(2, x.shape.rank)))
+  return tf.transpose(x, [1, 0] + list(range(2, len(x.shape))))
 
 
 class ConvEncoder(Module):

@@ -253,7 +253,10 @@ class Logger:
     self._last = (time.time(), step)
     self.step = step
 
-  def scalar(self, name, value):
+  def scalar(self, name, value, mean=True):
+    """Record a value; with mean=False the latest value wins over the average."""
+    if not mean:
+      self._scalars[name].clear()
     self._scalars[name].append(float(value))
 
   def video(self, name, frames):

@@ -1,0 +1,208 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import dreamer
+import tools
+
+
+def tiny_config(*flags):
+  return dreamer.parse_args([
+      '--logdir', '/tmp/unused', '--task', 'dmc_cartpole_balance', '--configs', 'debug',
+      '--batch_size', '3', '--batch_length', '6', *flags])
+
+
+def random_batch(config, action_size=2, seed=0):
+  rng = np.random.default_rng(seed)
+  shape = (config.batch_size, config.batch_length)
+  return dict(
+      image=rng.integers(0, 256, shape + (64, 64, 3), dtype=np.uint8),
+      action=rng.uniform(-1, 1, shape + (action_size,)).astype(np.float32),
+      reward=rng.normal(size=shape).astype(np.float32),
+      discount=np.ones(shape, np.float32))
+
+
+def model_loss(agent, config, batch):
+  tf.random.set_seed(0)
+  loss, _, metrics = agent._model_loss(agent.preprocess(batch))
+  return float(loss), {k: float(v) for k, v in metrics.items()}
+
+
+def test_free_nats_clip_active_below_threshold_and_inactive_above():
+  config = tiny_config()
+  agent = dreamer.Dreamer(config, 2)
+  batch = random_batch(config)
+  _, metrics = model_loss(agent, config, batch)
+  likes = metrics['image_loss'] + metrics['reward_loss']
+  kl = metrics['kl']
+  assert kl < 3  # A fresh model's prior and posterior are close.
+  config.free_nats = 3.0
+  loss, _ = model_loss(agent, config, batch)
+  assert loss == pytest.approx(3.0 + likes, rel=1e-5)
+  config.free_nats = kl / 2  # Below the KL: the clip is inactive.
+  loss, _ = model_loss(agent, config, batch)
+  assert loss == pytest.approx(kl + likes, rel=1e-5)
+
+
+def test_free_nats_per_step_clips_each_step_before_averaging():
+  config = tiny_config('--free_nats_per_step', 'True')
+  agent = dreamer.Dreamer(config, 2)
+  batch = random_batch(config)
+  tf.random.set_seed(0)
+  data = agent.preprocess(batch)
+  post, prior = agent.dynamics.observe(agent.encoder(data['image']), data['action'])
+  kl = agent.dynamics.get_dist(post).kl_divergence(agent.dynamics.get_dist(prior)).numpy()
+  config.free_nats = float(np.median(kl))  # Half the steps are clipped.
+  loss, metrics = model_loss(agent, config, batch)
+  likes = metrics['image_loss'] + metrics['reward_loss']
+  assert loss == pytest.approx(np.maximum(kl, config.free_nats).mean() + likes, rel=1e-5)
+
+
+def test_behaviour_losses_match_numpy_lambda_returns_and_discount_weights():
+  config = tiny_config('--discount', '0.9', '--disclam', '0.8')
+  agent = dreamer.Dreamer(config, 2)
+  feat = tf.random.normal([5, 7, config.stoch_size + config.deter_size])
+  actor_loss, value_loss, _ = agent._behaviour_losses(feat)
+  reward = agent.reward(feat).mean().numpy()
+  value = agent.value(feat).mean().numpy()
+  returns = np.zeros_like(reward[:-1])
+  last = value[-1]
+  for t in reversed(range(4)):  # R_t = r_t + g((1 - l) v_{t+1} + l R_{t+1}).
+    returns[t] = reward[t] + 0.9 * (0.2 * value[t + 1] + 0.8 * last)
+    last = returns[t]
+  weights = 0.9 ** np.arange(4)[:, None]  # cumprod([1, g, g, g]).
+  assert float(actor_loss) == pytest.approx(-np.mean(weights * returns), rel=1e-4)
+  squared = 0.5 * (returns - value[:-1]) ** 2 + 0.5 * np.log(2 * np.pi)
+  assert float(value_loss) == pytest.approx(np.mean(weights * squared), rel=1e-4)
+
+
+def variables_of(*modules):
+  return [v.numpy().copy() for m in modules for v in m.trainable_variables]
+
+
+def changed(before, modules):
+  return [not np.array_equal(b, v.numpy()) for b, v in zip(before, [v for m in modules for v in m.trainable_variables])]
+
+
+def test_actor_gradient_reaches_dynamics_but_only_actor_optimiser_updates_actor():
+  config = tiny_config('--model_lr', '0', '--value_lr', '0')
+  agent = dreamer.Dreamer(config, 2)
+  world = [agent.encoder, agent.dynamics, agent.decoder, agent.reward]
+  data = agent.preprocess(random_batch(config))
+  with tf.GradientTape(persistent=True) as tape:
+    _, post, _ = agent._model_loss(data)
+    actor_loss, value_loss, _ = agent._behaviour_losses(agent._imagine_ahead(post))
+  actor_grads = tape.gradient(actor_loss, agent.actor.trainable_variables)
+  assert all(g is not None and np.abs(g.numpy()).sum() > 0 for g in actor_grads)
+  # The analytic gradient flows through the learned dynamics and reward head...
+  dynamics_grads = tape.gradient(actor_loss, agent.dynamics.trainable_variables)
+  assert any(g is not None and np.abs(g.numpy()).sum() > 0 for g in dynamics_grads)
+  # ...but imagination starts from stopped posterior states: no encoder gradient.
+  assert all(g is None for g in tape.gradient(actor_loss, agent.encoder.trainable_variables))
+  # The value regresses stopped returns: no gradient into the reward head.
+  assert all(g is None for g in tape.gradient(value_loss, agent.reward.trainable_variables))
+  before_world, before_value, before_actor = variables_of(*world), variables_of(agent.value), variables_of(agent.actor)
+  agent.train(random_batch(config))
+  assert not any(changed(before_world, world))
+  assert not any(changed(before_value, [agent.value]))
+  assert all(changed(before_actor, [agent.actor]))
+
+
+def test_train_step_losses_finite_and_model_loss_falls_on_fixed_batch():
+  tf.random.set_seed(0)
+  config = tiny_config('--model_lr', '3e-3')
+  agent = dreamer.Dreamer(config, 2)
+  batch = random_batch(config)
+  batch['image'][:] = np.linspace(0, 255, 64, dtype=np.uint8)[:, None, None]  # Learnable.
+  # The image loss of a unit-variance Normal is at least 0.5 log(2 pi) per pixel.
+  floor = 64 * 64 * 3 * 0.5 * np.log(2 * np.pi)
+  losses = []
+  for _ in range(30):
+    metrics = agent.train(batch)
+    assert all(np.isfinite(float(v)) for v in metrics.values()), metrics
+    losses.append(float(metrics['model_loss']) - floor)
+  assert np.mean(losses[-5:]) < 0.3 * np.mean(losses[:5])
+  assert int(agent.updates) == 30
+
+
+def test_train_and_policy_are_traced_once():
+  config = tiny_config()
+  agent = dreamer.Dreamer(config, 2)
+  for seed in range(3):
+    agent.train(random_batch(config, seed=seed))
+  assert agent.train.experimental_get_tracing_count() == 1
+  policy = dreamer.Policy(agent, sample=True, amount=0.3)
+  evaluate = dreamer.Policy(agent, sample=False, amount=0.0)
+  state = None
+  rng = np.random.default_rng(0)
+  for step in range(4):
+    image = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    action, state = (policy if step % 2 else evaluate)({'image': image}, np.array([step == 0, False]), state)
+    assert action.shape == (2, 2) and np.all(np.abs(action) <= 1)
+  assert agent.policy_step.experimental_get_tracing_count() == 1
+
+
+def test_policy_reset_zeroes_state_of_that_environment_only():
+  config = tiny_config()
+  agent = dreamer.Dreamer(config, 2)
+  image = np.zeros((2, 64, 64, 3), np.uint8)
+  policy = dreamer.Policy(agent, sample=False, amount=0.0)
+  _, state = policy({'image': image}, np.array([True, True]), None)
+  fresh = agent.initial_state(2)
+  _, (latent, _) = policy({'image': image}, np.array([True, False]), state)
+  # Env 0 restarted from the zero state, env 1 continued from `state`.
+  tf.random.set_seed(0)
+  expected_fresh, _ = agent.dynamics.obs_step(fresh[0], fresh[1], agent.encoder(agent.preprocess({'image': image})['image']))
+  np.testing.assert_allclose(latent['deter'][0], expected_fresh['deter'][0], rtol=1e-5)
+  assert not np.allclose(latent['deter'][1], expected_fresh['deter'][1])
+
+
+@pytest.mark.parametrize('expl, check', [
+    ('additive_gaussian', lambda a: np.all(np.abs(a) <= 1) and a.std() > 0.1),
+    ('completely_random', lambda a: np.all(np.abs(a) <= 1) and abs(a.mean()) < 0.1),
+])
+def test_exploration_modes(expl, check):
+  config = tiny_config('--expl', expl)
+  agent = dreamer.Dreamer(config, 2)
+  action = agent._explore(tf.zeros([2000, 2]), tf.constant(0.3)).numpy()
+  assert check(action)
+
+
+def test_epsilon_greedy_replaces_a_fraction_of_actions_with_random_one_hots():
+  config = tiny_config('--expl', 'epsilon_greedy', '--action_dist', 'onehot')
+  agent = dreamer.Dreamer(config, 4)
+  greedy = tf.one_hot(tf.zeros([4000], tf.int32), 4)
+  action = agent._explore(greedy, tf.constant(0.4)).numpy()
+  assert np.all(action.sum(-1) == 1)
+  # A random one-hot differs from the greedy one with probability 3/4.
+  assert np.mean(action[:, 0] == 0) == pytest.approx(0.4 * 0.75, abs=0.03)
+
+
+def test_exploration_amount_decays_by_half_life_to_floor():
+  config = tiny_config('--expl_amount', '0.4', '--expl_decay', '1000', '--expl_min', '0.15')
+  assert dreamer.exploration_amount(config, 0) == pytest.approx(0.4)
+  assert dreamer.exploration_amount(config, 1000) == pytest.approx(0.2)
+  assert dreamer.exploration_amount(config, 5000) == pytest.approx(0.15)
+
+
+def test_no_value_ablation_sums_imagined_rewards():
+  config = tiny_config('--use_value', 'False', '--discount', '0.9')
+  agent = dreamer.Dreamer(config, 2)
+  assert agent.value is None
+  feat = tf.random.normal([5, 3, config.stoch_size + config.deter_size])
+  actor_loss, _, _ = agent._behaviour_losses(feat)
+  reward = agent.reward(feat).mean().numpy()[:-1]
+  returns = np.array([sum(0.9 ** (k - t) * reward[k] for k in range(t, 4)) for t in range(4)])
+  weights = 0.9 ** np.arange(4)[:, None]
+  assert float(actor_loss) == pytest.approx(-np.mean(weights * returns), rel=1e-4)
+
+
+def test_pcont_head_is_trained_and_drops_last_start_state():
+  config = tiny_config('--pcont', 'True')
+  agent = dreamer.Dreamer(config, 2)
+  data = agent.preprocess(random_batch(config))
+  _, post, metrics = agent._model_loss(data)
+  assert 'pcont_loss' in metrics
+  feat = agent._imagine_ahead(post)
+  assert feat.shape[:2] == (config.horizon, config.batch_size * (config.batch_length - 1))
+  assert np.isfinite(float(agent.train(random_batch(config))['model_loss']))

@@ -1,0 +1,94 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import models
+
+
+def observe(rssm, embed, action, seed=0):
+  tf.random.set_seed(seed)
+  return rssm.observe(tf.constant(embed), tf.constant(action))
+
+
+def test_rssm_observe_and_imagine_shapes_and_min_std():
+  rssm = models.RSSM(stoch=5, deter=7, hidden=9)
+  rng = np.random.default_rng(0)
+  embed = rng.normal(size=(3, 4, 11)).astype(np.float32)
+  action = rng.uniform(-1, 1, (3, 4, 2)).astype(np.float32)
+  post, prior = observe(rssm, embed, action)
+  for state in (post, prior):
+    assert state['mean'].shape == state['std'].shape == state['stoch'].shape == (3, 4, 5)
+    assert state['deter'].shape == (3, 4, 7)
+    assert float(tf.reduce_min(state['std'])) >= 0.1
+  assert rssm.get_feat(post).shape == (3, 4, 12)
+  init = {k: v[:, -1] for k, v in post.items()}
+  imagined = rssm.imagine(tf.constant(action[:, :2]), init)
+  assert imagined['stoch'].shape == (3, 2, 5)
+  assert imagined['deter'].shape == (3, 2, 7)
+
+
+def test_rssm_posterior_depends_on_embedding_and_prior_does_not():
+  rssm = models.RSSM(stoch=5, deter=7, hidden=9)
+  rng = np.random.default_rng(0)
+  embed = rng.normal(size=(2, 3, 11)).astype(np.float32)
+  action = rng.uniform(-1, 1, (2, 3, 2)).astype(np.float32)
+  post, prior = observe(rssm, embed, action)
+  changed = embed.copy()
+  changed[:, -1] += 1.0  # Only the last observation differs.
+  post2, prior2 = observe(rssm, changed, action)
+  for key in ('mean', 'std', 'deter'):
+    np.testing.assert_allclose(prior[key].numpy(), prior2[key].numpy(), rtol=1e-6)
+  assert not np.allclose(post['mean'][:, -1], post2['mean'][:, -1])
+  np.testing.assert_allclose(post['mean'][:, :-1], post2['mean'][:, :-1], rtol=1e-6)
+  # The posterior shares the deterministic state of the prior.
+  np.testing.assert_array_equal(post['deter'].numpy(), prior['deter'].numpy())
+
+
+def test_rssm_samples_have_independent_noise_per_batch_element():
+  rssm = models.RSSM(stoch=5, deter=7, hidden=9)
+  embed = np.zeros((4, 1, 11), np.float32)  # Identical inputs for every element.
+  post, _ = observe(rssm, embed, np.zeros((4, 1, 2), np.float32))
+  noise = (post['stoch'] - post['mean']) / post['std']
+  assert not np.allclose(noise[0], noise[1])
+
+
+def test_encoder_and_decoder_shapes():
+  encoder = models.ConvEncoder(depth=32)
+  embed = encoder(tf.zeros([2, 3, 64, 64, 3]))
+  assert embed.shape == (2, 3, 1024)
+  decoder = models.ConvDecoder(depth=8)
+  dist = decoder(tf.zeros([2, 3, 20]))
+  assert dist.mean().shape == (2, 3, 64, 64, 3)
+  assert dist.log_prob(tf.zeros([2, 3, 64, 64, 3])).shape == (2, 3)
+
+
+def test_decoder_log_prob_is_unit_normal_summed_over_pixels():
+  decoder = models.ConvDecoder(depth=4)
+  features = tf.random.normal([1, 6])
+  dist = decoder(features)
+  image = np.random.default_rng(0).uniform(-0.5, 0.5, (1, 64, 64, 3)).astype(np.float32)
+  mean = dist.mean().numpy()
+  expected = np.sum(-0.5 * (image - mean) ** 2 - 0.5 * np.log(2 * np.pi))
+  assert float(dist.log_prob(image)[0]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_dense_heads_distributions():
+  features = tf.random.normal([4, 6, 10])
+  reward = models.DenseHead((), 2, 16)(features)
+  assert reward.mode().shape == (4, 6)
+  pcont = models.DenseHead((), 3, 16, 'binary')(features)
+  probs = pcont.mean().numpy()
+  assert probs.shape == (4, 6) and (probs > 0).all() and (probs < 1).all()
+
+
+def test_action_head_bounds_and_initial_std():
+  head = models.ActionHead(3, layers=2, units=16)
+  dist = head(tf.zeros([5, 8]))
+  sample = dist.sample()
+  assert sample.shape == (5, 3)
+  assert np.all(np.abs(sample.numpy()) <= 1)
+  # With zero features the pre-tanh std is softplus(bias 0 + softplus^-1(5)) + 1e-4.
+  normal = dist.distribution.distribution
+  np.testing.assert_allclose(normal.stddev().numpy(), 5.0 + 1e-4, rtol=1e-5)
+  onehot = models.ActionHead(4, layers=2, units=16, dist='onehot')(tf.zeros([5, 8]))
+  assert sorted(onehot.mode().numpy()[0].tolist()) == [0, 0, 0, 1]

@@ -1,0 +1,263 @@
+"""Environment wrappers and workers. Rendering happens only in worker
+processes, since this pytest process may have imported TensorFlow."""
+
+import functools
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
+
+import numpy as np
+import pytest
+
+import wrappers
+
+
+class FakeEnv:
+  """Step k (from 1) gives reward k and observations filled with k; the
+  episode ends at step `length` with discount 0. Records every action."""
+
+  def __init__(self, length=5, low=(-1.0,), high=(1.0,), fail_at=None, crash_at=None):
+    self.act_space = wrappers.Box(np.array(low), np.array(high))
+    self.obs_space = {'image': wrappers.Box(0, 255, (4, 4, 3), np.uint8),
+                      'position': wrappers.Box(-np.inf, np.inf, (2,))}
+    self.length, self.fail_at, self.crash_at = length, fail_at, crash_at
+    self.steps, self.actions = 0, []
+
+  def reset(self):
+    self.steps = 0
+    return self._obs()
+
+  def step(self, action):
+    self.steps += 1
+    if self.steps == self.fail_at:
+      raise ValueError(f'fake env failed at step {self.steps}')
+    if self.steps == self.crash_at:
+      os.kill(os.getpid(), signal.SIGSEGV)
+    self.actions.append(np.array(action))
+    done = self.steps >= self.length
+    info = {'discount': np.array(0.0 if done else 1.0, np.float32)}
+    return self._obs(), float(self.steps), done, info
+
+  def _obs(self):
+    return {'image': np.full((4, 4, 3), self.steps, np.uint8),
+            'position': np.array([self.steps, -self.steps], np.float32)}
+
+
+@pytest.fixture
+def importable_tests(monkeypatch):
+  """Lets worker processes unpickle constructors defined in this file."""
+  here = os.path.dirname(os.path.abspath(__file__))
+  paths = [here, os.path.dirname(here), os.environ.get('PYTHONPATH', '')]
+  monkeypatch.setenv('PYTHONPATH', os.pathsep.join(filter(None, paths)))
+
+
+def test_box_sample_stays_in_bounds_with_dtype():
+  rng = np.random.default_rng(0)
+  image = wrappers.Box(0, 255, (8, 8, 3), np.uint8).sample(rng)
+  assert image.dtype == np.uint8 and image.shape == (8, 8, 3)
+  box = wrappers.Box(np.array([-2.0, 0.0]), np.array([-1.0, 10.0]))
+  assert box.shape == (2,) and box.low.dtype == np.float32
+  values = np.stack([box.sample(rng) for _ in range(100)])
+  assert values.dtype == np.float32
+  assert (values >= box.low).all() and (values <= box.high).all()
+
+
+def test_action_repeat_sums_rewards_over_amount_steps_and_stops_at_episode_end():
+  inner = FakeEnv(length=5)
+  env = wrappers.ActionRepeat(inner, 3)
+  env.reset()
+  _, reward, done, _ = env.step([0.0])
+  assert (reward, done, inner.steps) == (1 + 2 + 3, False, 3)
+  obs, reward, done, info = env.step([0.0])
+  assert (reward, done, inner.steps) == (4 + 5, True, 5)
+  assert obs['position'][0] == 5 and info['discount'] == 0
+
+
+def test_normalize_actions_maps_unit_interval_onto_finite_bounds_only():
+  inner = FakeEnv(low=(-2.0, 0.0, -np.inf), high=(4.0, 10.0, np.inf))
+  env = wrappers.NormalizeActions(inner)
+  np.testing.assert_array_equal(env.act_space.low, [-1, -1, -np.inf])
+  np.testing.assert_array_equal(env.act_space.high, [1, 1, np.inf])
+  env.reset()
+  for action in ([-1, -1, 7], [1, 1, 7], [0, 0, 7]):
+    env.step(np.array(action, np.float32))
+  np.testing.assert_allclose(inner.actions, [[-2, 0, 7], [4, 10, 7], [1, 5, 7]])
+
+
+def test_time_limit_ends_episode_after_exactly_duration_steps_with_discount_one():
+  env = wrappers.TimeLimit(FakeEnv(length=100), 4)
+  env.reset()
+  dones = [env.step([0.0])[2] for _ in range(3)]
+  _, _, done, info = env.step([0.0])
+  assert dones == [False] * 3 and done and info['discount'] == 1
+  with pytest.raises(RuntimeError, match='reset'):
+    env.step([0.0])
+  env.reset()
+  assert not env.step([0.0])[2]
+
+
+def test_reward_obs_is_zero_at_reset_then_last_reward():
+  env = wrappers.RewardObs(FakeEnv())
+  assert env.obs_space['reward'].shape == ()
+  assert env.reset()['reward'] == 0
+  obs = env.step([0.0])[0]
+  assert obs['reward'] == 1 and obs['reward'].dtype == np.float32
+
+
+def test_one_hot_action_passes_index_and_rejects_non_one_hot():
+  inner = FakeEnv()
+  inner.act_space = types.SimpleNamespace(n=3)
+  env = wrappers.OneHotAction(inner)
+  assert env.act_space.shape == (3,)
+  env.reset()
+  env.step(np.array([0, 1, 0], np.float32))
+  assert inner.actions[-1] == 1
+  for bad in ([0.5, 0.5, 0], [0, 1]):
+    with pytest.raises(ValueError, match='one-hot action of size 3'):
+      env.step(np.array(bad, np.float32))
+
+
+def test_collect_aligns_row_t_with_action_reward_and_discount_leading_to_obs_t():
+  episodes = []
+  env = wrappers.Collect(wrappers.RewardObs(FakeEnv(length=3)), [episodes.append])
+  env.reset()
+  for value in (0.1, 0.2):
+    env.step(np.array([value], np.float32))
+  assert episodes == []
+  env.step(np.array([0.3], np.float32))
+  (episode,) = episodes
+  assert set(episode) == {'image', 'position', 'action', 'reward', 'discount'}
+  np.testing.assert_allclose(episode['action'], [[0], [0.1], [0.2], [0.3]])
+  np.testing.assert_array_equal(episode['reward'], [0, 1, 2, 3])
+  np.testing.assert_array_equal(episode['discount'], [1, 1, 1, 0])
+  np.testing.assert_array_equal(episode['image'][:, 0, 0, 0], [0, 1, 2, 3])
+  np.testing.assert_array_equal(episode['position'][:, 1], [0, -1, -2, -3])
+  assert episode['image'].dtype == np.uint8 and episode['image'].shape == (4, 4, 4, 3)
+  for key in ('action', 'reward', 'discount', 'position'):
+    assert episode[key].dtype == np.float32 and len(episode[key]) == 4
+
+
+def test_check_task_rejects_unknown_suite_and_task_listing_paper_tasks():
+  wrappers.check_task('dmc_walker_walk')
+  wrappers.check_task('dmc_humanoid_walk')  # beyond the paper's list
+  for task in ('dmc_walker_fly', 'atari_pong'):
+    with pytest.raises(ValueError) as error:
+      wrappers.check_task(task)
+    message = str(error.value)
+    assert repr(task) in message and "'dmc'" in message
+    assert all('dmc_' + name in message for name in wrappers.PAPER_TASKS)
+  assert len(wrappers.PAPER_TASKS) == 20
+
+
+def test_dmc_cartpole_in_worker_renders_images_and_ends_after_time_limit():
+  ctor = functools.partial(
+      wrappers.make_env, 'dmc_cartpole_balance', action_repeat=2, time_limit=20, seed=0)
+  env = wrappers.Parallel(ctor, 'process')
+  try:
+    space = env.obs_space['image']
+    assert (space.shape, space.dtype) == ((64, 64, 3), np.uint8)
+    assert env.act_space.shape == (1,)
+    assert (env.act_space.low, env.act_space.high) == (-1, 1)
+    obs = env.reset()()
+    assert obs['image'].shape == (64, 64, 3) and obs['image'].dtype == np.uint8
+    assert obs['image'].std() > 0 and obs['reward'] == 0
+    assert obs['position'].dtype == np.float32
+    dones = []
+    for _ in range(10):
+      obs, reward, done, info = env.step(np.array([0.5], np.float32))()
+      assert 0 <= reward <= 2 and obs['image'].std() > 0
+      dones.append(done)
+    assert dones == [False] * 9 + [True] and info['discount'] == 1
+  finally:
+    env.close()
+  assert env.process.poll() is not None
+
+
+@pytest.mark.usefixtures('importable_tests')
+def test_none_thread_and_process_strategies_give_same_results():
+  results = {}
+  for strategy in ('none', 'thread', 'process'):
+    env = wrappers.Parallel(functools.partial(FakeEnv, length=2), strategy)
+    steps = [env.reset()()] + [env.step(np.array([0.5], np.float32))() for _ in range(2)]
+    results[strategy] = (env.act_space.shape, env.obs_space['image'].shape, steps)
+    env.close()
+  for strategy in ('thread', 'process'):
+    assert repr(results[strategy]) == repr(results['none'])
+
+
+@pytest.mark.usefixtures('importable_tests')
+def test_worker_exception_raises_runtime_error_with_its_traceback():
+  env = wrappers.Parallel(functools.partial(FakeEnv, fail_at=2), 'process')
+  try:
+    env.reset()()
+    env.step([0.0])()
+    with pytest.raises(RuntimeError) as error:
+      env.step([0.0])()
+    assert 'Traceback' in str(error.value)
+    assert 'ValueError: fake env failed at step 2' in str(error.value)
+    assert env.reset()()['position'][0] == 0  # the worker still serves
+  finally:
+    env.close()
+
+
+def wait_until_gone(pid, timeout):
+  """Whether `pid` exits (or is a zombie) within `timeout` seconds."""
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    try:
+      with open(f'/proc/{pid}/stat') as f:
+        if f.read().rsplit(')', 1)[1].split()[0] == 'Z':
+          return True
+    except FileNotFoundError:
+      return True
+    time.sleep(0.05)
+  return False
+
+
+@pytest.mark.usefixtures('importable_tests')
+def test_worker_ignores_sigint_and_exits_when_its_parent_dies():
+  code = ('import time, wrappers, test_wrappers\n'
+          'env = wrappers.Parallel(test_wrappers.FakeEnv, "process")\n'
+          'print(env.process.pid, flush=True)\n'
+          'time.sleep(60)\n')
+  parent = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, text=True)
+  try:
+    worker = int(parent.stdout.readline())
+    os.kill(worker, signal.SIGINT)
+    assert not wait_until_gone(worker, 0.3)
+  finally:
+    parent.kill()
+    parent.wait()
+  assert wait_until_gone(worker, 5)
+
+
+@pytest.mark.usefixtures('importable_tests')
+def test_killed_worker_raises_within_seconds_and_close_leaves_no_process():
+  env = wrappers.Parallel(FakeEnv, 'process')
+  os.kill(env.process.pid, signal.SIGKILL)
+  start = time.monotonic()
+  with pytest.raises(RuntimeError, match=rf'{env.process.pid} died \(exit code -9\)'):
+    env.step([0.0])()
+  assert time.monotonic() - start < 5
+  env.close()
+  assert env.process.poll() is not None
+
+
+@pytest.mark.usefixtures('importable_tests')
+def test_segfaulting_worker_error_mentions_mujoco_gl():
+  env = wrappers.Parallel(functools.partial(FakeEnv, crash_at=1), 'process')
+  env.reset()()
+  with pytest.raises(RuntimeError, match='exit code -11.*MUJOCO_GL'):
+    env.step([0.0])()
+  env.close()
+
+
+def test_unusable_renderer_error_names_mujoco_gl_and_fixes(monkeypatch):
+  monkeypatch.setenv('MUJOCO_GL', 'bogus')
+  with pytest.raises(RuntimeError) as error:
+    wrappers.Parallel(functools.partial(wrappers.make_env, 'dmc_cartpole_balance'), 'process')
+  for text in ("MUJOCO_GL='bogus'", 'libosmesa6', 'libegl1', 'display'):
+    assert text in str(error.value)

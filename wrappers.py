@@ -1,0 +1,432 @@
+"""Environments for Dreamer: DeepMind Control Suite, wrappers, and workers.
+
+This module never imports TensorFlow: MuJoCo's renderer crashes in a process
+that has loaded TensorFlow, so the trainer runs its environments in fresh
+interpreters started by `Parallel(ctor, 'process')`.
+"""
+
+import atexit
+import concurrent.futures
+import os
+import signal
+import socket
+import subprocess
+import sys
+import traceback
+from multiprocessing.connection import Connection
+
+import numpy as np
+
+os.environ.setdefault('MUJOCO_GL', 'egl')
+_FILE = os.path.abspath(__file__)
+
+PAPER_TASKS = (
+    'acrobot_swingup', 'cartpole_balance', 'cartpole_balance_sparse',
+    'cartpole_swingup', 'cartpole_swingup_sparse', 'cheetah_run', 'cup_catch',
+    'finger_spin', 'finger_turn_easy', 'finger_turn_hard', 'hopper_hop',
+    'hopper_stand', 'pendulum_swingup', 'quadruped_run', 'quadruped_walk',
+    'reacher_easy', 'reacher_hard', 'walker_run', 'walker_stand', 'walker_walk')
+
+GL_HINT = (
+    'MuJoCo could not render with MUJOCO_GL={!r}. Fixes: MUJOCO_GL=egl needs '
+    'libEGL with Mesa (Debian: apt-get install libegl1 libegl-mesa0 '
+    'libgl1-mesa-dri); MUJOCO_GL=osmesa needs the Debian package libosmesa6; '
+    'MUJOCO_GL=glfw needs a display.')
+
+
+def _gl_error(error):
+  hint = GL_HINT.format(os.environ.get('MUJOCO_GL'))
+  return RuntimeError(f'{type(error).__name__}: {error}\n{hint}')
+
+
+class Box:
+  """A box-shaped space: arrays of `shape` and `dtype` in [low, high]."""
+
+  def __init__(self, low, high, shape=None, dtype=np.float32):
+    if shape is None:
+      shape = np.broadcast_shapes(np.shape(low), np.shape(high))
+    self.shape = tuple(shape)
+    self.dtype = np.dtype(dtype)
+    self.low = np.full(self.shape, low, self.dtype)
+    self.high = np.full(self.shape, high, self.dtype)
+
+  def sample(self, rng):
+    if np.issubdtype(self.dtype, np.integer):
+      return rng.integers(
+          self.low, self.high, self.shape, self.dtype, endpoint=True)
+    return rng.uniform(self.low, self.high, self.shape).astype(self.dtype)
+
+  def __repr__(self):
+    return f'Box({self.low.min()}, {self.high.max()}, {self.shape}, {self.dtype})'
+
+
+def dmc_tasks():
+  """Map names like 'walker_walk' (and 'cup_catch') to dm_control's pairs."""
+  try:
+    from dm_control import suite
+  except Exception as e:
+    raise _gl_error(e) from e
+  tasks = {f'{domain}_{task}': (domain, task)
+           for domain, task in suite.ALL_TASKS}
+  tasks.update({f'cup_{task}': (domain, task)
+                for domain, task in suite.ALL_TASKS if domain == 'ball_in_cup'})
+  return tasks
+
+
+def _task_error(task):
+  return ValueError(
+      f"Unknown task {task!r}. Tasks are named 'dmc_<domain>_<task>' (suite "
+      "'dmc' with any DeepMind Control Suite task); the paper's 20 tasks are: "
+      + ', '.join('dmc_' + name for name in PAPER_TASKS) + '.')
+
+
+def check_task(task):
+  """Raise the ValueError of `make_env` for an unknown task, without MuJoCo.
+
+  Task names beyond the paper's are looked up in a fresh interpreter, since
+  importing dm_control next to TensorFlow crashes the process at exit.
+  """
+  suite, _, name = task.partition('_')
+  if suite == 'dmc' and name in PAPER_TASKS:
+    return
+  if suite == 'dmc':
+    listing = subprocess.run(
+        [sys.executable, _FILE, '--tasks'], capture_output=True, text=True)
+    if listing.returncode:
+      raise RuntimeError(f'Could not list dm_control tasks:\n{listing.stderr}')
+    if name in listing.stdout.split():
+      return
+  raise _task_error(task)
+
+
+class DeepMindControl:
+  """A dm_control suite task with a rendered 'image' observation."""
+
+  def __init__(self, name, size=(64, 64), camera=None, seed=None):
+    tasks = dmc_tasks()
+    if name not in tasks:
+      raise _task_error('dmc_' + name)
+    from dm_control import suite
+    domain, task = tasks[name]
+    self._env = suite.load(domain, task, task_kwargs={'random': seed})
+    self._size = tuple(size)
+    self._camera = (2 if domain == 'quadruped' else 0) if camera is None else camera
+    try:
+      self._render()
+    except Exception as e:
+      raise _gl_error(e) from e
+
+  @property
+  def obs_space(self):
+    spaces = {key: Box(-np.inf, np.inf, (int(np.prod(spec.shape)),))
+              for key, spec in self._env.observation_spec().items()}
+    spaces['image'] = Box(0, 255, self._size + (3,), np.uint8)
+    return spaces
+
+  @property
+  def act_space(self):
+    spec = self._env.action_spec()
+    return Box(spec.minimum, spec.maximum, spec.shape)
+
+  def reset(self):
+    return self._obs(self._env.reset())
+
+  def step(self, action):
+    time_step = self._env.step(action)
+    reward = float(time_step.reward or 0.0)
+    info = {'discount': np.array(time_step.discount, np.float32)}
+    return self._obs(time_step), reward, time_step.last(), info
+
+  def _obs(self, time_step):
+    obs = {key: np.array(value, np.float32).reshape(-1)
+           for key, value in time_step.observation.items()}
+    obs['image'] = self._render()
+    return obs
+
+  def _render(self):
+    return self._env.physics.render(*self._size, camera_id=self._camera)
+
+
+class Wrapper:
+  """Forwards everything it does not override to the wrapped env."""
+
+  def __init__(self, env):
+    self._env = env
+
+  def __getattr__(self, name):
+    if name.startswith('_'):
+      raise AttributeError(name)
+    return getattr(self._env, name)
+
+
+class ActionRepeat(Wrapper):
+
+  def __init__(self, env, amount):
+    super().__init__(env)
+    self._amount = amount
+
+  def step(self, action):
+    total = 0.0
+    for _ in range(self._amount):
+      obs, reward, done, info = self._env.step(action)
+      total += reward
+      if done:
+        break
+    return obs, total, done, info
+
+
+class NormalizeActions(Wrapper):
+  """Actions in [-1, 1] on every dimension whose bounds are finite."""
+
+  def __init__(self, env):
+    super().__init__(env)
+    space = env.act_space
+    self._mask = np.isfinite(space.low) & np.isfinite(space.high)
+    self._low = np.where(self._mask, space.low, -1)
+    self._high = np.where(self._mask, space.high, 1)
+    self.act_space = Box(
+        np.where(self._mask, -1, space.low), np.where(self._mask, 1, space.high),
+        space.shape, space.dtype)
+
+  def step(self, action):
+    scaled = self._low + (np.asarray(action) + 1) / 2 * (self._high - self._low)
+    return self._env.step(np.where(self._mask, scaled, action).astype(self.act_space.dtype))
+
+
+class TimeLimit(Wrapper):
+  """Ends episodes after `duration` steps; the time-out keeps the discount."""
+
+  def __init__(self, env, duration):
+    super().__init__(env)
+    self._duration = duration
+    self._step = None
+
+  def reset(self):
+    self._step = 0
+    return self._env.reset()
+
+  def step(self, action):
+    if self._step is None:
+      raise RuntimeError('The episode has ended: call reset() before step().')
+    obs, reward, done, info = self._env.step(action)
+    self._step += 1
+    done = done or self._step >= self._duration
+    if done:
+      self._step = None
+    return obs, reward, done, info
+
+
+class RewardObs(Wrapper):
+  """Adds the last reward to the observation as obs['reward']."""
+
+  @property
+  def obs_space(self):
+    return {**self._env.obs_space, 'reward': Box(-np.inf, np.inf, ())}
+
+  def reset(self):
+    return {**self._env.reset(), 'reward': np.array(0.0, np.float32)}
+
+  def step(self, action):
+    obs, reward, done, info = self._env.step(action)
+    obs = {**obs, 'reward': np.array(reward, np.float32)}
+    return obs, reward, done, info
+
+
+class OneHotAction(Wrapper):
+  """Takes one-hot vectors for an env whose act_space has `n` choices."""
+
+  def __init__(self, env):
+    super().__init__(env)
+    self._n = env.act_space.n
+    self.act_space = Box(0, 1, (self._n,))
+
+  def step(self, action):
+    index = int(np.argmax(action))
+    if np.shape(action) != (self._n,) or not np.allclose(
+        action, np.eye(self._n)[index]):
+      raise ValueError(f'Expected a one-hot action of size {self._n}, got {action}.')
+    return self._env.step(index)
+
+
+class Collect(Wrapper):
+  """Records the episode; when it ends, passes it to each callback and returns it
+  as info['episode'] (so a worker process hands it to the trainer).
+
+  Row t holds obs t, the action that led to it, the reward received on
+  arriving there and the discount; row 0 has a zero action and reward 0.
+  """
+
+  def __init__(self, env, callbacks=(), precision=32):
+    super().__init__(env)
+    self._callbacks = callbacks
+    self._float = {16: np.float16, 32: np.float32, 64: np.float64}[precision]
+    self._rows = None
+
+  def reset(self):
+    obs = self._env.reset()
+    action = np.zeros(self._env.act_space.shape, np.float32)
+    self._rows = [{**obs, 'action': action, 'reward': 0.0, 'discount': 1.0}]
+    return obs
+
+  def step(self, action):
+    obs, reward, done, info = self._env.step(action)
+    self._rows.append({**obs, 'action': np.array(action), 'reward': reward,
+                       'discount': info['discount']})
+    if done:
+      episode = {key: self._stack([row[key] for row in self._rows])
+                 for key in self._rows[0]}
+      for callback in self._callbacks:
+        callback(episode)
+      info = {**info, 'episode': episode}
+    return obs, reward, done, info
+
+  def _stack(self, values):
+    values = np.array(values)
+    if np.issubdtype(values.dtype, np.floating):
+      return values.astype(self._float)
+    return values
+
+
+def make_env(task, action_repeat=2, time_limit=1000, size=(64, 64), seed=None):
+  """Builds 'dmc_<domain>_<task>' with the paper's wrappers."""
+  suite, _, name = task.partition('_')
+  if suite != 'dmc':
+    raise _task_error(task)
+  env = DeepMindControl(name, size, seed=seed)
+  env = ActionRepeat(env, action_repeat)
+  env = NormalizeActions(env)
+  env = TimeLimit(env, time_limit // action_repeat)
+  return Collect(RewardObs(env))
+
+
+def _apply(env, name, args):
+  value = getattr(env, name)
+  return value if args is None else value(*args)
+
+
+class Parallel:
+  """Runs the env from `ctor()` in-process ('none'), on its own thread
+  ('thread') or in a fresh interpreter ('process'). step() and reset()
+  return promises; resolve each one before making the next call."""
+
+  def __init__(self, ctor, strategy):
+    self.process = None
+    self._pool = None
+    if strategy == 'none':
+      self._env = ctor()
+    elif strategy == 'thread':
+      self._pool = concurrent.futures.ThreadPoolExecutor(1)
+      self._env = self._pool.submit(ctor).result()
+    elif strategy == 'process':
+      self._start(ctor)
+    else:
+      raise ValueError(f"Unknown strategy {strategy!r}: use 'none', 'thread' or 'process'.")
+    self.obs_space = self._call('obs_space')()
+    self.act_space = self._call('act_space')()
+
+  def step(self, action):
+    return self._call('step', (action,))
+
+  def reset(self):
+    return self._call('reset', ())
+
+  def close(self):
+    if self._pool:
+      self._pool.shutdown()
+    if self.process:
+      _WORKERS.discard(self)
+      if self.process.poll() is None:
+        try:
+          self._conn.send(('close', None))
+          self.process.wait(5)
+        except (OSError, subprocess.TimeoutExpired):
+          self.process.kill()
+          self.process.wait()
+      self._conn.close()
+
+  def _call(self, name, args=None):
+    if self.process:
+      self._send((name, args))
+      return self._receive
+    if self._pool:
+      return self._pool.submit(_apply, self._env, name, args).result
+    result = _apply(self._env, name, args)
+    return lambda: result
+
+  def _start(self, ctor):
+    ours, theirs = socket.socketpair()
+    self.process = subprocess.Popen(
+        [sys.executable, _FILE, '--worker', str(theirs.fileno())],
+        pass_fds=(theirs.fileno(),))
+    theirs.close()
+    self._conn = Connection(ours.detach())
+    _WORKERS.add(self)
+    try:
+      self._send(('init', ctor))
+      self._receive()
+    except BaseException:
+      self.close()
+      raise
+
+  def _send(self, message):
+    try:
+      self._conn.send(message)
+    except (BrokenPipeError, ConnectionResetError):
+      raise self._died() from None
+
+  def _receive(self):
+    while not self._conn.poll(0.5):
+      if self.process.poll() is not None:
+        raise self._died()
+    try:
+      status, payload = self._conn.recv()
+    except (EOFError, ConnectionResetError):
+      raise self._died() from None
+    if status == 'error':
+      raise RuntimeError(
+          f'Environment worker {self.process.pid} failed:\n{payload}')
+    return payload
+
+  def _died(self):
+    try:
+      code = self.process.wait(5)
+    except subprocess.TimeoutExpired:
+      code = None
+    message = f'Environment worker process {self.process.pid} died (exit code {code}).'
+    if code in (-signal.SIGSEGV, 128 + signal.SIGSEGV):
+      message += ' A segfault here usually comes from the renderer: ' + GL_HINT.format(
+          os.environ.get('MUJOCO_GL'))
+    return RuntimeError(message)
+
+
+_WORKERS = set()
+atexit.register(lambda: [worker.close() for worker in list(_WORKERS)])
+
+
+def _serve(conn):
+  """Worker loop: builds the env on 'init', then answers (name, args) calls
+  until 'close' or until the parent's end of the socket closes."""
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  env = None
+  while True:
+    try:
+      name, args = conn.recv()
+    except EOFError:
+      return
+    if name == 'close':
+      return
+    try:
+      if name == 'init':
+        env, result = args(), None
+      else:
+        result = _apply(env, name, args)
+      conn.send(('ok', result))
+    except Exception:
+      conn.send(('error', traceback.format_exc()))
+
+
+if __name__ == '__main__':
+  if sys.argv[1] == '--worker':
+    _serve(Connection(int(sys.argv[2])))
+  elif sys.argv[1] == '--tasks':
+    print(*dmc_tasks())
