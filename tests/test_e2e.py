@@ -1,0 +1,69 @@
+"""The command line end to end: a real DMC task with the debug preset."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def run(logdir, *flags, check=True):
+  command = [sys.executable, str(ROOT / 'dreamer.py'), '--configs', 'debug', '--task', 'dmc_cartpole_balance', '--logdir', str(logdir), *flags]
+  result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+  if check:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  return result
+
+
+def metrics(logdir):
+  return [json.loads(line) for line in (logdir / 'metrics.jsonl').read_text().splitlines()]
+
+
+def test_debug_run_writes_everything_and_resumes(tmp_path):
+  logdir = tmp_path / 'run'
+  first = run(logdir, '--steps', '600')
+  assert 'Prefill dataset with 200 random env steps.' in first.stdout
+  episodes = sorted((logdir / 'episodes').glob('*.npz'))
+  # 600 env steps / (100 env steps per episode) = 6 episodes of 51 rows.
+  assert len(episodes) == 6 and all(f.name.endswith('-51.npz') for f in episodes)
+  with np.load(episodes[0], allow_pickle=False) as data:
+    assert data['image'].shape == (51, 64, 64, 3) and data['image'].dtype == np.uint8
+    assert data['action'].shape == (51, 1)
+  rows = metrics(logdir)
+  assert any('train/return' in row for row in rows)
+  assert any('test/return' in row for row in rows)
+  assert any('train/model_loss' in row for row in rows)
+  assert all(np.isfinite(v) for row in rows for v in row.values())
+  assert list(logdir.glob('events.out.tfevents.*'))
+  assert (logdir / 'checkpoints' / 'checkpoint').exists()
+  assert list((logdir / 'videos').glob('test_policy_*.gif'))
+  assert list((logdir / 'videos').glob('train_openloop_*.gif'))
+  config = json.loads((logdir / 'config.json').read_text())
+  assert config['steps'] == 600 and config['batch_size'] == 4
+
+  second = run(logdir, '--steps', '800')
+  assert 'Prefill' not in second.stdout
+  assert 'Resumed from' in second.stdout and 'at step 600' in second.stdout
+  assert len(list((logdir / 'episodes').glob('*.npz'))) == 8
+  updates = [row['train/updates'] for row in metrics(logdir) if 'train/updates' in row]
+  assert updates == sorted(updates) and updates[-1] > updates[0]
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--task', 'dmc_walker_fly'], 'dmc_walker_walk'),
+    (['--batch_length', '60'], 'batch_length'),
+    (['--batch_size', '0'], '--batch_size must be positive'),
+    (['--steps', 'many'], "invalid to_int value: 'many'"),
+    (['--pcont', 'yes'], "invalid to_bool value: 'yes'"),
+    (['--configs', 'tiny'], "invalid choice: 'tiny'"),
+    (['--no_such_flag', '1'], 'unrecognized arguments: --no_such_flag'),
+])
+def test_bad_input_gives_one_clear_error_and_exit_code_2(tmp_path, flags, message):
+  result = run(tmp_path / 'run', *flags, check=False)
+  assert result.returncode == 2
+  assert message in result.stderr
+  assert not (tmp_path / 'run').exists()
