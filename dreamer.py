@@ -104,20 +104,28 @@ class Dreamer(tf.Module):
     return [(opt, [v for m in filter(None, mods) for v in m.trainable_variables]) for opt, mods in pairs]
 
   def _train(self, data):
-    """One update of the world model, actor and value from one batch."""
+    """One update of the world model, actor and value from one batch. All forward
+    passes use the weights before the update; the world-model tape is released
+    before imagination, which starts from stopped states, to halve peak memory."""
     data = self.preprocess(data)
-    with tf.GradientTape(persistent=True) as tape:
+    (model_opt, model_vars), (actor_opt, actor_vars), *value = self._optimizers()
+    with tf.GradientTape() as tape:
       model_loss, post, metrics = self._model_loss(data)
+    model_grads = tape.gradient(model_loss, model_vars)
+    metrics['action_ent'] = tf.reduce_mean(self.actor(self.dynamics.get_feat(post)).entropy())
+    with tf.GradientTape(persistent=True) as tape:
       imag_feat = self._imagine_ahead(post)
       actor_loss, value_loss, behaviour_metrics = self._behaviour_losses(imag_feat)
-    losses = [model_loss, actor_loss, value_loss]
-    for (opt, variables), loss in zip(self._optimizers(), losses):
-      metrics[f'{opt.name}_grad_norm'] = opt(tape.gradient(loss, variables), variables)
+    actor_grads = tape.gradient(actor_loss, actor_vars)
+    metrics['model_grad_norm'] = model_opt(model_grads, model_vars)
+    metrics['actor_grad_norm'] = actor_opt(actor_grads, actor_vars)
+    if value:
+      (value_opt, value_vars), = value
+      metrics['value_grad_norm'] = value_opt(tape.gradient(value_loss, value_vars), value_vars)
+      metrics['value_loss'] = value_loss
     del tape
     self.updates.assign_add(1)
     metrics.update(behaviour_metrics, model_loss=model_loss, actor_loss=actor_loss)
-    if self.value:
-      metrics['value_loss'] = value_loss
     return metrics
 
   def _model_loss(self, data):
@@ -180,9 +188,7 @@ class Dreamer(tf.Module):
     if self.value:
       value_pred = self.value(imag_feat[:-1])
       value_loss = -tf.reduce_mean(weights * value_pred.log_prob(tf.stop_gradient(returns)))
-    metrics = dict(
-        action_ent=tf.reduce_mean(self.actor(tf.stop_gradient(imag_feat)).entropy()),
-        imag_reward=tf.reduce_mean(reward), imag_return=tf.reduce_mean(returns))
+    metrics = dict(imag_reward=tf.reduce_mean(reward), imag_return=tf.reduce_mean(returns))
     return actor_loss, value_loss, metrics
 
   def preprocess(self, data):

@@ -100,7 +100,8 @@ def check_task(task):
 
 
 class DeepMindControl:
-  """A dm_control suite task with a rendered 'image' observation."""
+  """A dm_control suite task. Its observations are the task's own; `render()`
+  draws the camera image, which `RenderImage` adds once per agent step."""
 
   def __init__(self, name, size=(64, 64), camera=None, seed=None):
     tasks = dmc_tasks()
@@ -111,17 +112,16 @@ class DeepMindControl:
     self._env = suite.load(domain, task, task_kwargs={'random': seed})
     self._size = tuple(size)
     self._camera = (2 if domain == 'quadruped' else 0) if camera is None else camera
+    self.image_space = Box(0, 255, self._size + (3,), np.uint8)
     try:
-      self._render()
+      self.render()
     except Exception as e:
       raise _gl_error(e) from e
 
   @property
   def obs_space(self):
-    spaces = {key: Box(-np.inf, np.inf, (int(np.prod(spec.shape)),))
-              for key, spec in self._env.observation_spec().items()}
-    spaces['image'] = Box(0, 255, self._size + (3,), np.uint8)
-    return spaces
+    return {key: Box(-np.inf, np.inf, (int(np.prod(spec.shape)),))
+            for key, spec in self._env.observation_spec().items()}
 
   @property
   def act_space(self):
@@ -138,12 +138,10 @@ class DeepMindControl:
     return self._obs(time_step), reward, time_step.last(), info
 
   def _obs(self, time_step):
-    obs = {key: np.array(value, np.float32).reshape(-1)
-           for key, value in time_step.observation.items()}
-    obs['image'] = self._render()
-    return obs
+    return {key: np.array(value, np.float32).reshape(-1)
+            for key, value in time_step.observation.items()}
 
-  def _render(self):
+  def render(self):
     return self._env.physics.render(*self._size, camera_id=self._camera)
 
 
@@ -173,6 +171,22 @@ class ActionRepeat(Wrapper):
       if done:
         break
     return obs, total, done, info
+
+
+class RenderImage(Wrapper):
+  """Adds obs['image'] = env.render(). Placed after ActionRepeat, it renders only
+  the frame the agent sees, not the repeated steps in between."""
+
+  @property
+  def obs_space(self):
+    return {**self._env.obs_space, 'image': self._env.image_space}
+
+  def reset(self):
+    return {**self._env.reset(), 'image': self._env.render()}
+
+  def step(self, action):
+    obs, reward, done, info = self._env.step(action)
+    return {**obs, 'image': self._env.render()}, reward, done, info
 
 
 class NormalizeActions(Wrapper):
@@ -293,7 +307,7 @@ def make_env(task, action_repeat=2, time_limit=1000, size=(64, 64), seed=None):
   if suite != 'dmc':
     raise _task_error(task)
   env = DeepMindControl(name, size, seed=seed)
-  env = ActionRepeat(env, action_repeat)
+  env = RenderImage(ActionRepeat(env, action_repeat))
   env = NormalizeActions(env)
   env = TimeLimit(env, time_limit // action_repeat)
   return Collect(RewardObs(env))

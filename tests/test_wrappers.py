@@ -76,6 +76,20 @@ def test_action_repeat_sums_rewards_over_amount_steps_and_stops_at_episode_end()
   assert obs['position'][0] == 5 and info['discount'] == 0
 
 
+def test_render_image_after_action_repeat_renders_once_per_agent_step():
+  inner = FakeEnv(length=5)
+  inner.image_space = wrappers.Box(0, 255, (2, 2, 3), np.uint8)
+  renders = []
+  inner.render = lambda: renders.append(inner.steps) or np.full((2, 2, 3), inner.steps, np.uint8)
+  env = wrappers.RenderImage(wrappers.ActionRepeat(inner, 2))
+  assert env.obs_space['image'].shape == (2, 2, 3)
+  assert env.reset()['image'][0, 0, 0] == 0
+  obs, _, _, _ = env.step([0.0])
+  env.step([0.0])
+  _, _, done, _ = env.step([0.0])  # Ends after one inner step: still rendered.
+  assert done and renders == [0, 2, 4, 5] and obs['image'][0, 0, 0] == 2
+
+
 def test_normalize_actions_maps_unit_interval_onto_finite_bounds_only():
   inner = FakeEnv(low=(-2.0, 0.0, -np.inf), high=(4.0, 10.0, np.inf))
   env = wrappers.NormalizeActions(inner)
