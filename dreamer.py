@@ -10,6 +10,7 @@ import os
 import pathlib
 import random
 import sys
+import tempfile
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
 
@@ -26,6 +27,7 @@ DEFAULTS = dict(
     # Run.
     logdir='', task='dmc_walker_walk', seed=0, steps=int(5e6), eval_every=int(1e4),
     log_every=int(1e3), log_images=True, checkpoints=3, deterministic=False,
+    nonfinite_patience=10,
     # Environment.
     envs=1, parallel='process', action_repeat=2, time_limit=1000, prefill=5000,
     clip_rewards='none',
@@ -120,11 +122,12 @@ class Dreamer(tf.Module):
       imag_feat = self._imagine_ahead(post)
       actor_loss, value_loss, behaviour_metrics = self._behaviour_losses(imag_feat)
     actor_grads = tape.gradient(actor_loss, actor_vars)
-    metrics['model_grad_norm'] = model_opt(model_grads, model_vars)
-    metrics['actor_grad_norm'] = actor_opt(actor_grads, actor_vars)
+    metrics['model_grad_norm'], metrics['model_skipped'] = model_opt(model_loss, model_grads, model_vars)
+    metrics['actor_grad_norm'], metrics['actor_skipped'] = actor_opt(actor_loss, actor_grads, actor_vars)
     if value:
       (value_opt, value_vars), = value
-      metrics['value_grad_norm'] = value_opt(tape.gradient(value_loss, value_vars), value_vars)
+      value_grads = tape.gradient(value_loss, value_vars)
+      metrics['value_grad_norm'], metrics['value_skipped'] = value_opt(value_loss, value_grads, value_vars)
       metrics['value_loss'] = value_loss
     del tape
     self.updates.assign_add(1)
@@ -294,9 +297,8 @@ def seed_everything(config):
 
 def main(config):
   logdir = pathlib.Path(config.logdir).expanduser()
-  logdir.mkdir(parents=True, exist_ok=True)
-  (logdir / 'config.json').write_text(json.dumps(vars(config), indent=2))
   print('Config:', json.dumps(vars(config)))
+  tools.atomic_write(logdir / 'config.json', lambda f: f.write(json.dumps(vars(config), indent=2).encode()))
   seed_everything(config)
   train_dir, test_dir = logdir / 'episodes', logdir / 'test_episodes'
   step = tools.count_steps(train_dir, config.action_repeat)
@@ -324,11 +326,10 @@ def main(config):
     agent = Dreamer(config, act_space.shape[0])
     # Schedules: the last eval_every / log_every period that ran, saved with the weights.
     done_period = dict(eval=tf.Variable(-1, dtype=tf.int64), log=tf.Variable(-1, dtype=tf.int64))
-    checkpoint = tf.train.Checkpoint(agent=agent, **done_period)
-    manager = tf.train.CheckpointManager(checkpoint, logdir / 'checkpoints', config.checkpoints)
-    if manager.latest_checkpoint:
-      checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-      print(f'Resumed from {manager.latest_checkpoint} at step {step}.')
+    checkpoints = tools.Checkpoints(logdir / 'checkpoints', tf.train.Checkpoint(agent=agent, **done_period), config.checkpoints)
+    restored = checkpoints.restore()
+    if restored:
+      print(f'Resumed from {restored} at step {step}.')
 
     def due(name, every):
       if step // every > done_period[name]:
@@ -338,6 +339,7 @@ def main(config):
 
     episodes = tools.Episodes(train_dir, config.dataset_size)
     dataset = iter(tools.make_dataset(episodes, config.batch_size, config.batch_length, config.dataset_balance, config.seed))
+    trainer = Trainer(agent, dataset, config.nonfinite_patience)
     while True:
       logger.step = step
       if due('eval', config.eval_every):
@@ -349,28 +351,60 @@ def main(config):
         break
       log = due('log', config.log_every)
       updates = config.pretrain if int(agent.updates) == 0 else config.train_steps
-      for i in range(updates):
-        batch = next(dataset)
-        metrics = agent.train(batch)
-        if log:
-          for name, value in metrics.items():
-            logger.scalar(f'train/{name}', value)
-          if i == 0 and config.log_images:
-            logger.video('train/openloop', agent.openloop(batch))
+      trainer.train(updates, logger if log else None, config.log_images)
       amount = exploration_amount(config, step)
       if log:
         logger.scalar('train/expl_amount', amount)
-        logger.scalar('train/updates', int(agent.updates))
         logger.write()
       env_state = tools.simulate(
           Policy(agent, True, amount), train_envs, steps=agent_steps(config, config.train_every),
           state=env_state, callbacks=train_callbacks)
       step = tools.count_steps(train_dir, config.action_repeat)
-      manager.save()
+      checkpoints.save()
     logger.write()
   finally:
     for env in train_envs + test_envs:
       env.close()
+
+
+class Trainer:
+  """Runs training phases and stops the run when an optimiser has skipped
+  `patience` non-finite updates in a row (SPEC 6)."""
+
+  def __init__(self, agent, dataset, patience):
+    self._agent = agent
+    self._dataset = dataset
+    self._patience = patience
+    self._streak = {}
+
+  def train(self, updates, logger=None, log_images=False):
+    for i in range(updates):
+      batch = next(self._dataset)
+      metrics = self._agent.train(batch)
+      self._check(metrics)
+      if logger:
+        for name, value in metrics.items():
+          logger.scalar(f'train/{name}', value)
+        if i == 0 and log_images:
+          logger.video('train/openloop', self._agent.openloop(batch))
+    if logger:
+      logger.scalar('train/updates', int(self._agent.updates), mean=False)
+
+  def _check(self, metrics):
+    for name in ('model', 'actor', 'value'):
+      if f'{name}_skipped' not in metrics:
+        continue
+      skipped = float(metrics[f'{name}_skipped'])
+      self._streak[name] = self._streak.get(name, 0) + 1 if skipped else 0
+      if self._streak[name] >= self._patience:
+        raise NonFiniteError(
+            f'The {name} loss or its gradient was not finite for {self._patience} updates in a row '
+            f'(last {name}_loss: {float(metrics.get(f"{name}_loss", float("nan")))}); stopping. '
+            'The checkpoints hold the last good weights; lower the learning rate or check the data.')
+
+
+class NonFiniteError(RuntimeError):
+  pass
 
 
 def to_int(text):
@@ -413,15 +447,44 @@ def validate(config):
     wrappers.check_task(config.task)
   except ValueError as e:
     return str(e)
-  sizes = ('steps', 'eval_every', 'log_every', 'envs', 'action_repeat', 'time_limit', 'deter_size', 'stoch_size', 'num_units', 'cnn_depth', 'batch_size', 'batch_length', 'train_every', 'horizon', 'checkpoints')
+  sizes = ('steps', 'eval_every', 'log_every', 'envs', 'action_repeat', 'time_limit', 'deter_size', 'stoch_size', 'num_units', 'cnn_depth', 'batch_size', 'batch_length', 'train_every', 'horizon', 'checkpoints', 'nonfinite_patience')
   for key in sizes:
     if getattr(config, key) <= 0:
       return f'--{key} must be positive, got {getattr(config, key)}.'
   rows = config.time_limit // config.action_repeat + 1
   if config.batch_length > rows:
     return f'--batch_length {config.batch_length} is longer than an episode ({rows} rows with --time_limit {config.time_limit} and --action_repeat {config.action_repeat}); lower it.'
+  return check_logdir(config)
+
+
+# Settings a run's episodes and checkpoints depend on: a logdir keeps them.
+RUN_DEFINING = ('task', 'action_repeat', 'deter_size', 'stoch_size', 'num_units', 'cnn_depth', 'dense_act', 'cnn_act', 'pcont', 'use_value', 'action_dist')
+
+
+def check_logdir(config):
+  """Create the logdir; say what is wrong if it is unwritable or holds a run with
+  other settings."""
+  logdir = pathlib.Path(config.logdir).expanduser()
+  saved = logdir / 'config.json'
+  if saved.exists():
+    try:
+      old = json.loads(saved.read_text())
+    except ValueError:
+      return f'{saved} is not valid JSON; repair or remove it, or use a new --logdir.'
+    changed = [key for key in RUN_DEFINING if key in old and old[key] != getattr(config, key)]
+    if changed:
+      was = ', '.join(f'--{key} {old[key]}' for key in changed)
+      return f'{logdir} holds a run with {was}; resume with those settings or use a new --logdir.'
+  try:
+    logdir.mkdir(parents=True, exist_ok=True)
+    tempfile.TemporaryFile(dir=logdir).close()
+  except OSError as e:
+    return f'Cannot write to --logdir {logdir} ({e.strerror}); choose a writable folder.'
   return None
 
 
 if __name__ == '__main__':
-  main(parse_args())
+  try:
+    main(parse_args())
+  except NonFiniteError as e:
+    sys.exit(f'Error: {e}')

@@ -7,6 +7,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import time
 import uuid
 import warnings
@@ -31,7 +32,7 @@ def save_episode(directory, episode):
   never sees a partial file, even if the process dies while writing."""
   directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
-  timestamp = datetime.datetime.now().strftime('%Y%m%dT%H%M%S')
+  timestamp = datetime.datetime.now().strftime('%Y%m%dT%H%M%S%f')  # Sorts in save order.
   length = len(episode['reward'])
   filename = directory / f'{timestamp}-{uuid.uuid4().hex}-{length}.npz'
   atomic_write(filename, lambda f: np.savez_compressed(f, **episode))
@@ -47,11 +48,16 @@ def atomic_write(filename, write):
     f.flush()
     os.fsync(f.fileno())
   os.replace(temp, filename)
-  folder = os.open(filename.parent, os.O_RDONLY)
+  fsync(filename.parent)
+
+
+def fsync(path):
+  """Flush a file or folder (its entries) to disk."""
+  handle = os.open(path, os.O_RDONLY)
   try:
-    os.fsync(folder)
+    os.fsync(handle)
   finally:
-    os.close(folder)
+    os.close(handle)
 
 
 def episode_length(filename):
@@ -148,6 +154,47 @@ def make_dataset(episodes, batch_size, batch_length, balance=False, seed=0,
   return dataset.prefetch(tf.data.AUTOTUNE)
 
 
+class Checkpoints:
+  """Numbered `tf.train.Checkpoint`s in `<directory>/ckpt-<n>/`. Each is written to a
+  temporary folder, fsynced and renamed into place, so a kill never leaves a partial
+  one; the newest `keep` are kept, and restoring falls back past unreadable ones."""
+
+  def __init__(self, directory, checkpoint, keep):
+    self.directory = pathlib.Path(directory)
+    self._checkpoint = checkpoint
+    self._keep = keep
+
+  def saved(self):
+    folders = self.directory.glob('ckpt-*')
+    return sorted(folders, key=lambda folder: int(folder.name.split('-')[1]))
+
+  def save(self):
+    saved = self.saved()
+    number = int(saved[-1].name.split('-')[1]) + 1 if saved else 1
+    temp = self.directory / f'.tmp-ckpt-{number}'
+    shutil.rmtree(temp, ignore_errors=True)
+    self._checkpoint.write(str(temp / 'ckpt'))
+    for filename in temp.iterdir():
+      fsync(filename)
+    fsync(temp)
+    folder = self.directory / f'ckpt-{number}'
+    os.rename(temp, folder)
+    fsync(self.directory)
+    for old in (saved + [folder])[:-self._keep]:
+      shutil.rmtree(old)
+    return folder
+
+  def restore(self):
+    """Restore the newest readable checkpoint; return its folder or None."""
+    for folder in reversed(self.saved()):
+      try:
+        self._checkpoint.read(str(folder / 'ckpt')).assert_existing_objects_matched()
+        return folder
+      except Exception as e:  # Any unreadable checkpoint: try the previous one.
+        warnings.warn(f'Checkpoint {folder} cannot be restored ({type(e).__name__}); using the one before it.')
+    return None
+
+
 # Behaviour learning math (SPEC 4).
 
 def lambda_return(reward, value, pcont, bootstrap, lambda_):
@@ -215,7 +262,8 @@ class OneHotDist(tfd.OneHotCategorical):
 
 class Optimizer(tf.Module):
   """Adam with global-norm clipping and optional decoupled weight decay on the
-  variables whose names match `wd_pattern`. Non-finite gradients skip the update."""
+  variables whose names match `wd_pattern` (SPEC 6). A non-finite loss or gradient
+  skips the update, leaving weights and optimiser slots as they were."""
 
   def __init__(self, name, lr, eps=1e-7, clip=100.0, wd=0.0, wd_pattern=r'.*'):
     super().__init__(name=name)
@@ -227,16 +275,17 @@ class Optimizer(tf.Module):
   def build(self, variables):
     self.opt.build(variables)
 
-  def __call__(self, grads, variables):
-    """Apply and return the global gradient norm before clipping."""
+  def __call__(self, loss, grads, variables):
+    """Apply; return the gradient norm before clipping and whether it was skipped."""
     grads, norm = tf.clip_by_global_norm(grads, self._clip)
-    if tf.math.is_finite(norm):
+    finite = tf.math.is_finite(norm) & tf.math.is_finite(loss)
+    if finite:
       if self._wd:
         for var in variables:
           if re.search(self._wd_pattern, var.name):
             var.assign((1 - self._wd) * var)
       self.opt.apply_gradients(zip(grads, variables))
-    return norm
+    return norm, 1.0 - tf.cast(finite, tf.float32)
 
 
 # Logging.

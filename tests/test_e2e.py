@@ -67,3 +67,19 @@ def test_bad_input_gives_one_clear_error_and_exit_code_2(tmp_path, flags, messag
   assert result.returncode == 2
   assert message in result.stderr
   assert not (tmp_path / 'run').exists()
+
+
+def test_unwritable_logdir_is_an_error_with_exit_code_2(tmp_path):
+  (tmp_path / 'file').write_text('not a folder')
+  result = run(tmp_path / 'file' / 'run', check=False)
+  assert result.returncode == 2
+  assert 'Cannot write to --logdir' in result.stderr
+
+
+def test_logdir_with_other_model_size_is_an_error_with_exit_code_2(tmp_path):
+  logdir = tmp_path / 'run'
+  logdir.mkdir()
+  (logdir / 'config.json').write_text(json.dumps({'task': 'dmc_cartpole_balance', 'deter_size': 200}))
+  result = run(logdir, check=False)
+  assert result.returncode == 2
+  assert 'holds a run with --deter_size 200' in result.stderr

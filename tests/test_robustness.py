@@ -1,0 +1,107 @@
+"""Crash safety, exact resume and determinism (runs the real command line)."""
+
+import json
+import os
+import pathlib
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tools
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DEBUG = [sys.executable, str(ROOT / 'dreamer.py'), '--configs', 'debug', '--task', 'dmc_cartpole_balance']
+
+
+def test_atomic_write_killed_midway_leaves_no_partial_file(tmp_path):
+  script = textwrap.dedent(f'''
+      import os, signal, sys
+      sys.path.insert(0, {str(ROOT)!r})
+      import tools
+      def write(f):
+        f.write(b'half of an episode')
+        f.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+      tools.atomic_write({str(tmp_path / 'episode-1-10.npz')!r}, write)
+  ''')
+  result = subprocess.run([sys.executable, '-c', script])
+  assert result.returncode == -signal.SIGKILL
+  assert not list(tmp_path.glob('*.npz'))
+  episodes = tools.Episodes(tmp_path)
+  episodes.update()  # The leftover temporary file is not an episode.
+  assert not episodes.episodes
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path):
+  variable = tf.Variable(1.0)
+  checkpoints = tools.Checkpoints(tmp_path, tf.train.Checkpoint(v=variable), keep=2)
+  checkpoints.save()
+  variable.assign(2.0)
+  checkpoints.save()
+  variable.assign(3.0)
+  latest = checkpoints.save()
+  assert [f.name for f in checkpoints.saved()] == ['ckpt-2', 'ckpt-3']
+  for filename in latest.iterdir():
+    filename.write_bytes(filename.read_bytes()[:10])
+  variable.assign(0.0)
+  with pytest.warns(UserWarning, match='ckpt-3 cannot be restored'):
+    assert checkpoints.restore().name == 'ckpt-2'
+  assert float(variable) == 2.0
+
+
+def test_checkpoint_restore_with_none_saved_returns_none(tmp_path):
+  assert tools.Checkpoints(tmp_path, tf.train.Checkpoint(v=tf.Variable(1.0)), keep=2).restore() is None
+
+
+def metrics(logdir):
+  return [json.loads(line) for line in (logdir / 'metrics.jsonl').read_text().splitlines()]
+
+
+def test_killed_at_random_moments_run_resumes_to_the_end(tmp_path):
+  logdir = tmp_path / 'run'
+  command = DEBUG + ['--logdir', str(logdir), '--steps', '1000', '--checkpoints', '2']
+  rng = random.Random(0)
+  kills = 0
+  while kills < 10:
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+      process.wait(rng.uniform(4, 20))
+    except subprocess.TimeoutExpired:
+      process.send_signal(signal.SIGKILL)
+      process.wait()
+      kills += 1
+      continue
+    assert process.returncode == 0
+    break  # Finished before the kill: the budget is reached.
+  for filename in (logdir / 'episodes').glob('*.npz'):
+    tools.load_episode(filename)  # Raises on a partial or corrupt file.
+  final = subprocess.run(command, capture_output=True, text=True, timeout=600)
+  assert final.returncode == 0, final.stderr[-3000:]
+  files = list((logdir / 'episodes').glob('*.npz'))
+  assert tools.count_steps(logdir / 'episodes', 2) == 1000 == 100 * len(files)
+  assert not [f for f in (logdir / 'checkpoints').iterdir() if not f.name.startswith('ckpt-')]
+  assert len(tools.Checkpoints(logdir / 'checkpoints', None, 2).saved()) <= 2
+  # The weights restore into a fresh agent.
+  assert 'Resumed from' in final.stdout or kills == 0
+  assert 'Prefill' not in final.stdout
+
+
+def test_deterministic_runs_repeat_exactly_and_seeds_differ(tmp_path):
+  runs = {}
+  for name, seed in (('a', 0), ('b', 0), ('c', 1)):
+    logdir = tmp_path / name
+    flags = ['--logdir', str(logdir), '--steps', '600', '--deterministic', 'True', '--seed', str(seed)]
+    result = subprocess.run(DEBUG + flags, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    # Wall-clock speed is the one value that cannot repeat.
+    runs[name] = [{k: v for k, v in row.items() if k != 'fps'} for row in metrics(logdir)]
+  assert len(runs['a']) >= 3
+  assert runs['a'] == runs['b']
+  assert runs['a'] != runs['c']
