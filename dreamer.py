@@ -348,6 +348,7 @@ def main(config):
         if config.log_images:
           logger.video('test/policy', test_episodes[0]['image'])
       if step >= config.steps:
+        checkpoints.save()  # Records the final evaluation, so a rerun does not repeat it.
         break
       log = due('log', config.log_every)
       updates = config.pretrain if int(agent.updates) == 0 else config.train_steps

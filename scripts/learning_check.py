@@ -1,0 +1,206 @@
+"""Learning check: train Dreamer on one task and compare its test returns with the
+authors' published curves.
+
+Usage:
+  python scripts/learning_check.py --task dmc_cartpole_balance --steps 100000 \\
+      --logdir logdir/check [--reference PATH] [--plot PATH] [--configs cpu] \\
+      [-- extra dreamer.py flags]
+
+Runs dreamer.py (which resumes by itself if the logdir already holds a run), then
+prints step | our test return | published 5-seed mean | min | max, writes
+<logdir>/learning_check.png and <logdir>/learning_check.json, and exits 0 (PASS)
+when the last test return is >= 60% of the published mean at that step and above
+the random-policy score (where known), 1 (FAIL) otherwise, 2 for an unknown task.
+--no-train only evaluates an existing logdir.
+"""
+
+import argparse
+import json
+import pathlib
+import shlex
+import subprocess
+import sys
+
+import matplotlib
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DEFAULT_REFERENCE = ROOT.parent / 'shared' / 'reference' / 'dreamer_curves.json'
+FRACTION = 0.6  # Of the published mean at the same env step.
+# Return of a random policy on the paper's tasks, where known.
+RANDOM_SCORES = {
+    'dmc_cartpole_balance': 135.0,
+    'dmc_cartpole_balance_sparse': 11.0,
+    'dmc_pendulum_swingup': 11.0,
+}
+
+
+def error(message, code):
+  print(f'learning_check: error: {message}', file=sys.stderr, flush=True)
+  return code
+
+
+def env_steps(text):
+  """An integer, which may be written like 1e5."""
+  value = float(text)
+  if not value.is_integer():
+    raise ValueError(text)
+  return int(value)
+
+
+def parse_args(argv):
+  """Our flags, plus everything unknown or after `--`, passed to dreamer.py."""
+  argv = list(argv)
+  extra = []
+  if '--' in argv:
+    index = argv.index('--')
+    argv, extra = argv[:index], argv[index + 1:]
+  parser = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+      allow_abbrev=False)
+  parser.add_argument('--task', required=True, help='dmc_<domain>_<task>')
+  parser.add_argument('--steps', type=env_steps, default=100000, help='env steps to train')
+  parser.add_argument('--logdir', required=True, type=pathlib.Path)
+  parser.add_argument('--reference', type=pathlib.Path, default=DEFAULT_REFERENCE, help='published curves (JSON)')
+  parser.add_argument('--plot', type=pathlib.Path, default=None, help='PNG path (default <logdir>/learning_check.png)')
+  parser.add_argument('--configs', nargs='+', default=['cpu'], help='dreamer.py presets')
+  parser.add_argument('--no-train', action='store_true', help='only evaluate an existing logdir')
+  args, unknown = parser.parse_known_args(argv)
+  args.extra = unknown + extra
+  return args
+
+
+def dreamer_command(args):
+  return [sys.executable, str(ROOT / 'dreamer.py'), '--configs', *args.configs,
+          '--task', args.task, '--steps', str(args.steps), '--logdir', str(args.logdir), *args.extra]
+
+
+def load_reference(path, task):
+  """The published runs of `task`, or raise KeyError naming the available tasks."""
+  runs = json.loads(pathlib.Path(path).read_text())
+  found = [r for r in runs if r['task'] == task and r.get('method', 'dreamer') == 'dreamer']
+  if not found:
+    tasks = sorted({r['task'] for r in runs})
+    raise KeyError(f'Unknown task {task!r} in {path}; available tasks: {", ".join(tasks)}')
+  return found
+
+
+def published(runs, steps):
+  """Mean, min and max across seeds of each seed's curve, linearly interpolated at
+  `steps` (held constant before the first and after the last published point)."""
+  curves = []
+  for run in runs:
+    order = np.argsort(run['xs'])
+    curves.append(np.interp(steps, np.asarray(run['xs'], float)[order], np.asarray(run['ys'], float)[order]))
+  curves = np.array(curves)
+  return curves.mean(0), curves.min(0), curves.max(0)
+
+
+def read_test_returns(logdir):
+  """Sorted (step, test/return) pairs from metrics.jsonl; a repeated step keeps its
+  last value."""
+  points = {}
+  for line in (pathlib.Path(logdir) / 'metrics.jsonl').read_text().splitlines():
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:
+      continue  # A line cut short by a killed run.
+    if 'test/return' in row:
+      points[int(row['step'])] = float(row['test/return'])
+  steps = sorted(points)
+  return np.array(steps, dtype=np.int64), np.array([points[s] for s in steps])
+
+
+def verdict(task, step, value, mean):
+  """(passed, one-line verdict, threshold numbers) for the last evaluation."""
+  threshold = FRACTION * mean
+  random = RANDOM_SCORES.get(task)
+  above_threshold = value >= threshold
+  above_random = random is None or value > random
+  passed = bool(above_threshold and above_random)
+  line = (f'{"PASS" if passed else "FAIL"}: last test return {value:.1f} at step {step} '
+          f'{">=" if above_threshold else "<"} {FRACTION:.0%} of published mean {mean:.1f} ({threshold:.1f})')
+  if random is None:
+    line += f' (no random-policy score known for {task}; that criterion skipped)'
+  else:
+    line += f' and {">" if above_random else "<="} random {random:g}'
+  numbers = dict(fraction=FRACTION, published_mean=float(mean), threshold=float(threshold),
+                 random=random, last_step=int(step), last_test_return=float(value))
+  return passed, line, numbers
+
+
+def plot(path, task, steps, returns, runs, random):
+  xmax = max(float(steps.max()) * 1.05, 1.0)
+  grid = np.concatenate([np.linspace(0, xmax, 200), *[np.asarray(r['xs'], float) for r in runs]])
+  grid = np.unique(grid[grid <= xmax])
+  mean, low, high = published(runs, grid)
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  ax.fill_between(grid, low, high, color='tab:gray', alpha=0.3, label=f'published min-max ({len(runs)} seeds)')
+  ax.plot(grid, mean, color='tab:gray', label='published mean')
+  ax.plot(grid, FRACTION * mean, color='tab:gray', ls=':', label=f'{FRACTION:.0%} of published mean')
+  if random is not None:
+    ax.axhline(random, color='tab:red', ls='--', lw=1, label=f'random policy ({random:g})')
+  ax.plot(steps, returns, 'o-', color='tab:blue', label='ours')
+  ax.set(xlim=(0, xmax), xlabel='env steps', ylabel='test return', title=f'Learning check: {task}')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def main(argv=None):
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+  try:
+    runs = load_reference(args.reference, args.task)
+  except FileNotFoundError:
+    return error(f'reference file {args.reference} not found (set --reference).', 2)
+  except KeyError as e:
+    return error(e.args[0], 2)
+
+  command = None
+  if not args.no_train:
+    command = dreamer_command(args)
+    print('Running:', shlex.join(command), flush=True)
+    code = subprocess.run(command).returncode
+    if code != 0:
+      code = code if code > 0 else 128 - code  # Killed by a signal.
+      return error(f'dreamer.py failed with exit code {code}; see its output above.', code)
+
+  metrics = args.logdir / 'metrics.jsonl'
+  if not metrics.exists():
+    return error(f'{metrics} does not exist; nothing to evaluate.', 1)
+  steps, returns = read_test_returns(args.logdir)
+  if not len(steps):
+    return error(f'no test/return in {metrics}; no evaluation has run yet.', 1)
+
+  mean, low, high = published(runs, steps)
+  rows = [dict(step=int(s), test_return=float(r), published_mean=float(m), published_min=float(lo), published_max=float(hi))
+          for s, r, m, lo, hi in zip(steps, returns, mean, low, high)]
+  header = ('step', 'our test return', 'published mean', 'published min', 'published max')
+  print(f'\nLearning check of {args.task} against {len(runs)} published seeds ({args.reference}):')
+  print(' | '.join(f'{h:>15}' for h in header))
+  for row in rows:
+    print(f'{row["step"]:>15} | ' + ' | '.join(f'{row[k]:>15.1f}' for k in list(row)[1:]))
+  random = RANDOM_SCORES.get(args.task)
+  if random is None:
+    print(f'Random-policy baseline: unknown for {args.task}; that criterion is skipped.')
+  else:
+    print(f'Random-policy baseline: {random:g}')
+
+  plot_path = args.plot or args.logdir / 'learning_check.png'
+  plot(plot_path, args.task, steps, returns, runs, random)
+  passed, line, numbers = verdict(args.task, steps[-1], returns[-1], mean[-1])
+  report = dict(task=args.task, reference=str(args.reference), command=command and shlex.join(command),
+                argv=[sys.argv[0], *(sys.argv[1:] if argv is None else argv)], rows=rows,
+                verdict='PASS' if passed else 'FAIL', verdict_line=line, plot=str(plot_path), **numbers)
+  (args.logdir / 'learning_check.json').write_text(json.dumps(report, indent=2) + '\n')
+  print(f'Wrote {plot_path} and {args.logdir / "learning_check.json"}')
+  print(line, flush=True)
+  return 0 if passed else 1
+
+
+if __name__ == '__main__':
+  sys.exit(main())
