@@ -250,7 +250,7 @@ class Dreamer(tf.Module):
 
 
 class Policy:
-  """The agent's acting interface for `tools.simulate`: numpy in, numpy out."""
+  """The agent's acting interface for `wrappers.simulate`: numpy in, numpy out."""
 
   def __init__(self, agent, sample, amount):
     self._agent = agent
@@ -319,7 +319,7 @@ def main(config):
     env_state = None
     if step < config.prefill:
       print(f'Prefill dataset with {config.prefill - step} random env steps.')
-      env_state = tools.simulate(
+      env_state = wrappers.simulate(
           random_policy(act_space, config.seed), train_envs,
           steps=agent_steps(config, config.prefill - step), callbacks=train_callbacks)
       step = tools.count_steps(train_dir, config.action_repeat)
@@ -344,7 +344,7 @@ def main(config):
       logger.step = step
       if due('eval', config.eval_every):
         test_episodes.clear()
-        tools.simulate(Policy(agent, False, config.eval_noise), test_envs, episodes=1, callbacks=test_callbacks)
+        wrappers.simulate(Policy(agent, False, config.eval_noise), test_envs, episodes=1, callbacks=test_callbacks)
         if config.log_images:
           logger.video('test/policy', test_episodes[0]['image'])
       if step >= config.steps:
@@ -357,7 +357,7 @@ def main(config):
       if log:
         logger.scalar('train/expl_amount', amount)
         logger.write()
-      env_state = tools.simulate(
+      env_state = wrappers.simulate(
           Policy(agent, True, amount), train_envs, steps=agent_steps(config, config.train_every),
           state=env_state, callbacks=train_callbacks)
       step = tools.count_steps(train_dir, config.action_repeat)

@@ -341,35 +341,3 @@ class Logger:
         encoded_image_string=data)
     summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=name, image=image)])
     tf.summary.experimental.write_raw_pb(summary.SerializeToString(), self.step)
-
-
-# Environment loop.
-
-def simulate(policy, envs, steps=0, episodes=0, state=None, callbacks=()):
-  """Drive a batch of environments with `policy(obs, reset, agent_state) ->
-  (actions, agent_state)` for `steps` agent steps or `episodes` episodes.
-  Finished episodes (from info['episode']) go to each callback. Returns a state to
-  resume from: envs that were mid-episode continue where they stopped."""
-  if state is None:
-    done = np.ones(len(envs), bool)
-    obs = [None] * len(envs)
-    agent_state = None
-  else:
-    done, obs, agent_state = state
-  step, episode = 0, 0
-  while (steps and step < steps) or (episodes and episode < episodes):
-    resets = {i: envs[i].reset() for i in np.flatnonzero(done)}
-    for i, promise in resets.items():
-      obs[i] = promise()
-    batch = {key: np.stack([o[key] for o in obs]) for key in obs[0]}
-    actions, agent_state = policy(batch, done, agent_state)
-    results = [promise() for promise in [e.step(a) for e, a in zip(envs, actions)]]
-    obs, _, done, infos = map(list, zip(*results))
-    done = np.array(done, bool)
-    for info in infos:
-      if 'episode' in info:
-        for callback in callbacks:
-          callback(info['episode'])
-    step += len(envs)
-    episode += int(done.sum())
-  return done, obs, agent_state

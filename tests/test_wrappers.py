@@ -2,6 +2,7 @@
 processes, since this pytest process may have imported TensorFlow."""
 
 import functools
+import json
 import os
 import signal
 import subprocess
@@ -275,3 +276,57 @@ def test_unusable_renderer_error_names_mujoco_gl_and_fixes(monkeypatch):
     wrappers.Parallel(functools.partial(wrappers.make_env, 'dmc_cartpole_balance'), 'process')
   for text in ("MUJOCO_GL='bogus'", 'libosmesa6', 'libegl1', 'display'):
     assert text in str(error.value)
+
+
+def fake_collecting_env(length):
+  return wrappers.Collect(wrappers.RewardObs(FakeEnv(length=length)))
+
+
+def test_simulate_counts_steps_delivers_episodes_and_resumes_mid_episode():
+  envs = [wrappers.Parallel(functools.partial(fake_collecting_env, length), 'none') for length in (3, 4)]
+  episodes = []
+  calls = []
+
+  def policy(obs, reset, state):
+    calls.append(reset.copy())
+    return np.zeros((len(reset), 1), np.float32), (state or 0) + 1
+
+  state = wrappers.simulate(policy, envs, steps=10, callbacks=[episodes.append])
+  # 5 loop iterations of 2 envs; env 0 ends episodes at 3, env 1 at 4 steps.
+  assert len(calls) == 5 and state[2] == 5
+  assert sorted(len(e['reward']) for e in episodes) == [4, 5]
+  np.testing.assert_array_equal(calls[0], [True, True])
+  np.testing.assert_array_equal(calls[3], [True, False])  # Env 0 restarted.
+  # Resuming continues the unfinished episodes instead of resetting them.
+  wrappers.simulate(policy, envs, steps=2, state=state, callbacks=[episodes.append])
+  np.testing.assert_array_equal(calls[5], [False, False])
+  assert sorted(len(e['reward']) for e in episodes) == [4, 4, 5]
+  wrappers.simulate(policy, envs, episodes=2, callbacks=[episodes.append])
+  assert len(episodes) == 3 + 2
+
+
+def test_process_envs_collect_the_same_as_in_process_envs_with_same_seeds():
+  # Rendering in-process needs an interpreter without TensorFlow.
+  script = '''
+import functools, json, sys
+import numpy as np
+import wrappers
+results = {}
+for strategy in ('none', 'process'):
+  envs = [wrappers.Parallel(functools.partial(wrappers.make_env, 'dmc_cartpole_balance', 2, 20, seed=seed), strategy) for seed in (0, 1)]
+  rng = np.random.default_rng(0)
+  episodes = []
+  policy = lambda obs, reset, state: (rng.uniform(-1, 1, (len(reset), 1)), None)
+  wrappers.simulate(policy, envs, steps=40, callbacks=[episodes.append])
+  results[strategy] = [[float(e['reward'].sum()), int(e['image'].sum()), len(e['reward'])] for e in episodes]
+  for env in envs:
+    env.close()
+print(json.dumps(results))
+'''
+  here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  output = subprocess.run([sys.executable, '-c', script], cwd=here, capture_output=True, text=True, timeout=120)
+  assert output.returncode == 0, output.stderr
+  results = json.loads(output.stdout.splitlines()[-1])
+  # 40 agent steps over 2 envs = 2 episodes of 10 agent steps each per env.
+  assert len(results['process']) == 4 and all(length == 11 for _, _, length in results['process'])
+  assert results['process'] == results['none']

@@ -1,0 +1,483 @@
+"""Speed, memory and FLOPs of this Dreamer on this machine, in one run.
+
+  python scripts/benchmark.py [--quick] [--parts train,policy,flops,matmul,env,e2e]
+      [--train-configs paper,debug,cpu] [--envs 2] [--out results/benchmark.json]
+
+Prints a table; writes every number with metadata (date, TF version, CPU, git commit,
+command, load average at start) as JSON. --quick (about 4 minutes on 2 idle cores) times
+fewer repetitions. The parts, and how each is measured:
+
+train   Per config (paper = the dreamer.py defaults; debug and cpu presets) a child process,
+        this script with --child NAME, builds the agent for 6 actions (walker), makes one
+        random batch of the right shapes and dtypes as tf tensors and times
+        agent.train(batch), forced to finish by reading one metric as a float: the first
+        call (includes tracing), 2 untimed calls, then --steps timed calls. peak_rss_mb is
+        the child's ru_maxrss right after them: the training peak, isolated from the rest.
+policy  In the same child: dreamer.Policy(agent, True, expl_amount) on a batch of 1 (one
+        tf.function call plus the action's conversion to numpy), median of many calls.
+flops   In the same child, FLOPs of one train step counted three ways:
+        analytic    analytic_flops() below; the fraction of peak uses it. The issue's
+                    ~0.95 TFLOP for the paper config is this total without value_loss.
+        profiler    tf.compat.v1.profiler float_operation() on agent.train's concrete
+                    graph. On TF 2.21 it only sees the outer graph: tf.scan loops (RSSM
+                    observe, imagination, lambda-return) and their gradients are While ops
+                    or function calls it does not enter, so their bodies count zero times.
+        graph_walk  the per-op FLOP statistics TF registers for that profiler, summed over
+                    the ops that run (reachable from outputs or stateful), entering
+                    function calls, conds (larger branch) and while bodies x trip count;
+                    convolutions and their gradients counted exactly from their shapes (TF's
+                    statistics for the gradients use H_out*W_out/stride^2 for H_in*W_in, 6x
+                    too much for the decoder's first layer). Backward passes here need only
+                    what the optimisers use, so the dense part is below analytic's x3.
+matmul  Median GFLOP/s (2 n^3 FLOPs) of an n x n float32 tf.matmul: this machine's practical
+        peak. Achieved fraction = analytic FLOPs per step / median step time / that peak.
+env     Agent steps/s of dmc_walker_walk (action repeat 2, 64x64 images) in
+        wrappers.Parallel 'process' workers with random actions: one worker, then --envs
+        workers stepped together (all actions sent, then all results received); scaling =
+        rate(N) / (N x rate(1)). Then the env loop `simulate` on one worker with the debug
+        agent's policy, the worker's promises wrapped to time how long the parent blocks on
+        them: inside = that wait (physics, rendering, the worker's pickling, the transfer),
+        outside = the rest (policy, batching, sending, bookkeeping). Also with a zero-cost
+        policy, for comparison.
+e2e     `dreamer.py --configs debug --task dmc_cartpole_balance --steps 800` in a
+        subprocess: env steps / wall time, INCLUDING interpreter start, TF import, worker
+        start, tracing, prefill and evaluation episodes.
+"""
+
+import argparse
+import datetime
+import importlib.metadata
+import json
+import os
+import pathlib
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+ACTIONS = 6  # dmc_walker_walk, the paper's default task.
+PARTS = ('train', 'policy', 'flops', 'matmul', 'env', 'e2e')
+CHILD_PARTS = ('train', 'policy', 'flops')
+
+
+# Analytic FLOPs. A multiply-add is 2 FLOPs; biases, activations, the GRU's gates, the
+# distributions and the optimiser (elementwise, < 1% here) are not counted.
+
+def conv_flops(size_out, kernel, c_in, c_out):
+  """Conv2D on square images: every output pixel and channel is a k x k x c_in dot product."""
+  return 2 * size_out ** 2 * kernel ** 2 * c_in * c_out
+
+
+def deconv_flops(size_in, kernel, c_in, c_out):
+  """Conv2DTranspose: every input pixel and channel adds a k x k x c_out patch."""
+  return 2 * size_in ** 2 * kernel ** 2 * c_in * c_out
+
+
+def dense_flops(n_in, n_out):
+  """Dense layer, per row."""
+  return 2 * n_in * n_out
+
+
+def mlp_flops(n_in, units, layers, n_out):
+  return dense_flops(n_in, units) + (layers - 1) * dense_flops(units, units) + dense_flops(units, n_out)
+
+
+def analytic_flops(c, actions=ACTIONS):
+  """FLOPs of one train step of models.py's networks for config `c`, as components.
+  Forward passes that are trained count x3 (forward + backward for inputs and weights).
+  conv: encoder and decoder on B*T frames. model_dense: RSSM observe step, decoder's
+  first dense layer, reward (and pcont) head on B*T rows. action_entropy: the actor on B*T
+  rows, forward only. imagination: img_step + actor + reward + value on B*T*H rows (the
+  actor's backward runs through all of them). value_loss: the value head again on the
+  first H-1 imagined steps for the value loss."""
+  d, feat, hidden = c.cnn_depth, c.stoch_size + c.deter_size, c.deter_size
+  encoder, size, channels = 0, 64, 3
+  for mult in (1, 2, 4, 8):  # kernel 4, stride 2, VALID: 64 -> 31 -> 14 -> 6 -> 2.
+    size = (size - 4) // 2 + 1
+    encoder += conv_flops(size, 4, channels, mult * d)
+    channels = mult * d
+  decoder, size, channels = 0, 1, 32 * d
+  for c_out, kernel in ((4 * d, 5), (2 * d, 5), (d, 6), (3, 6)):  # 1 -> 5 -> 13 -> 30 -> 64.
+    decoder += deconv_flops(size, kernel, channels, c_out)
+    size, channels = (size - 1) * 2 + kernel, c_out
+  img_step = (dense_flops(c.stoch_size + actions, hidden) + dense_flops(hidden, 3 * c.deter_size)
+              + dense_flops(c.deter_size, 3 * c.deter_size)  # GRU: input and recurrent kernels.
+              + dense_flops(c.deter_size, hidden) + dense_flops(hidden, 2 * c.stoch_size))
+  obs_step = img_step + dense_flops(c.deter_size + 32 * d, hidden) + dense_flops(hidden, 2 * c.stoch_size)
+  reward = mlp_flops(feat, c.num_units, 2, 1)
+  pcont = mlp_flops(feat, c.num_units, 3, 1) if c.pcont else 0
+  value = mlp_flops(feat, c.num_units, 3, 1) if c.use_value else 0
+  actor = mlp_flops(feat, c.num_units, 4, 2 * actions)
+  frames = c.batch_size * c.batch_length
+  rows = c.batch_size * (c.batch_length - bool(c.pcont)) * c.horizon
+  flops = dict(
+      conv=3 * frames * (encoder + decoder),
+      model_dense=3 * frames * (obs_step + dense_flops(feat, 32 * d) + reward + pcont),
+      action_entropy=frames * actor,
+      imagination=3 * rows * (img_step + actor + reward + pcont + value),
+      value_loss=3 * rows * (c.horizon - 1) // c.horizon * value)
+  flops['total'] = sum(flops.values())
+  return flops
+
+
+# FLOPs from the traced graph.
+
+def profiler_flops(graph):
+  from tensorflow.compat.v1 import profiler
+  options = profiler.ProfileOptionBuilder.float_operation()
+  options['output'] = 'none'
+  return profiler.profile(graph, options=options).total_float_ops
+
+
+CALLS = {'While': ('body',), 'StatelessWhile': ('body',), 'If': ('then_branch', 'else_branch'),
+         'StatelessIf': ('then_branch', 'else_branch'), 'PartitionedCall': ('f',),
+         'StatefulPartitionedCall': ('f',)}
+
+
+def conv_op_flops(op):
+  """A convolution or either of its gradients: 2 x (elements of the forward conv's
+  output) x k*k*C_in, exact for any padding and stride."""
+  kernel = (op.outputs[0] if op.type == 'Conv2DBackpropFilter' else op.inputs[1]).shape
+  forward_output = (op.outputs[0] if op.type == 'Conv2D' else op.inputs[2]).shape
+  if not (kernel.is_fully_defined() and forward_output.is_fully_defined()):
+    raise ValueError(op.name)
+  return 2 * forward_output.num_elements() * kernel.num_elements() // kernel[-1]
+
+
+def graph_walk_flops(graph, notes):
+  """Registered FLOPs of the live ops of `graph` and of the functions it calls."""
+  from tensorflow.python.framework import ops, tensor_util
+
+  def body_of(graph, op, attr):
+    return graph._get_function(op.get_attr(attr).name).graph
+
+  def static(graph, known, tensor):  # Constant value through identities and calls.
+    if tensor.ref() in known:
+      return known[tensor.ref()]
+    if tensor.op.type == 'Identity':
+      return static(graph, known, tensor.op.inputs[0])
+    if tensor.op.type in ('PartitionedCall', 'StatefulPartitionedCall'):
+      body = body_of(graph, tensor.op, 'f')
+      return static(body, bind(graph, known, body, tensor.op.inputs), body.outputs[tensor.value_index])
+    return tensor_util.constant_value(tensor)
+
+  def bind(graph, known, body, args):
+    values = {arg.ref(): static(graph, known, value) for arg, value in zip(body.inputs, args)}
+    return {key: value for key, value in values.items() if value is not None}
+
+  def live(graph):
+    todo = [t.op for t in graph.outputs] + list(graph.control_outputs)
+    todo += [op for op in graph.get_operations() if op.op_def.is_stateful]
+    seen = set()
+    while todo:
+      op = todo.pop()
+      if op not in seen:
+        seen.add(op)
+        todo += [t.op for t in op.inputs] + list(op.control_inputs)
+    return seen
+
+  def count(graph, known):
+    total, alive = 0, live(graph)
+    for op in graph.get_operations():
+      if op not in alive:
+        continue
+      if op.type in CALLS:
+        loop = op.type.endswith('While')
+        trips = static(graph, known, op.inputs[1]) if loop else 1  # maximum_iterations.
+        if trips is None or trips < 0:
+          notes.append(f'{op.name}: unknown trip count, body counted once')
+          trips = 1
+        args = op.inputs[1:] if op.type.endswith('If') else op.inputs
+        total += int(trips) * max(
+            count(body, {} if loop else bind(graph, known, body, args))
+            for body in [body_of(graph, op, attr) for attr in CALLS[op.type]])
+        continue
+      try:
+        if op.type in ('Conv2D', 'Conv2DBackpropInput', 'Conv2DBackpropFilter'):
+          total += conv_op_flops(op)
+        else:
+          total += int(ops.get_stats_for_node_def(graph, op.node_def, 'flops').value or 0)
+      except ValueError:
+        notes.append(f'{op.name} ({op.type}): shape not fully known, not counted')
+    return total
+
+  return count(graph, {})
+
+
+# The child: one config's train step, policy step and FLOPs in a fresh process.
+
+def make_config(name):
+  import dreamer
+  presets = [] if name == 'paper' else ['--configs', name]
+  return dreamer.parse_args(['--logdir', 'unused', '--task', 'dmc_walker_walk', *presets])
+
+
+def stats(times):
+  return dict(median_s=float(np.median(times)), min_s=min(times), max_s=max(times), count=len(times))
+
+
+def peak_rss_mb():
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux.
+
+
+def timed(fn, count):
+  times = []
+  for _ in range(count):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return times
+
+
+def child(name, parts, steps, policy_calls):
+  import tensorflow as tf
+  import dreamer
+  config = make_config(name)
+  agent = dreamer.Dreamer(config, ACTIONS)
+  shape = [config.batch_size, config.batch_length]
+  batch = dict(
+      image=tf.cast(tf.random.uniform(shape + [64, 64, 3], 0, 256, tf.int32), tf.uint8),
+      action=tf.random.uniform(shape + [ACTIONS], -1, 1), reward=tf.random.normal(shape),
+      discount=tf.ones(shape))
+  sizes = 'batch_size batch_length horizon deter_size stoch_size num_units cnn_depth'.split()
+  out = dict(sizes={key: getattr(config, key) for key in sizes}, rss_before_train_mb=peak_rss_mb())
+  if 'train' in parts:
+    step = lambda: float(agent.train(batch)['model_loss'])
+    first = timed(step, 1)[0]
+    timed(step, 2)
+    out['train'] = dict(first_call_s=first, **stats(timed(step, steps)))
+    out['peak_rss_mb'] = peak_rss_mb()
+  if 'policy' in parts:
+    policy = dreamer.Policy(agent, True, config.expl_amount)
+    obs = {'image': np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), np.uint8)}
+    state = None
+    def act(reset=np.array([False])):
+      nonlocal state
+      _, state = policy(obs, reset, state)
+    act(np.array([True]))
+    timed(act, 5)
+    out['policy'] = stats(timed(act, policy_calls))
+  if 'flops' in parts:
+    graph = agent.train.get_concrete_function(batch).graph
+    notes = []
+    out['flops'] = dict(analytic=analytic_flops(config), profiler_outer_graph=profiler_flops(graph),
+                        graph_walk=graph_walk_flops(graph, notes), graph_walk_notes=notes[:20])
+  print('RESULT', json.dumps(out))
+
+
+def run_child(name, args):
+  command = [sys.executable, __file__, '--child', name, '--parts', ','.join(args.parts),
+             '--steps', str(args.steps), '--policy-calls', str(args.policy_calls)]
+  result = subprocess.run(command, capture_output=True, text=True)
+  lines = [line for line in result.stdout.splitlines() if line.startswith('RESULT ')]
+  if result.returncode or not lines:
+    raise RuntimeError(f'{" ".join(command)} failed:\n{result.stdout[-2000:]}{result.stderr[-4000:]}')
+  return json.loads(lines[-1][len('RESULT '):])
+
+
+# Parts measured in the main process.
+
+def matmul_gflops(size, reps):
+  import tensorflow as tf
+  a, b = tf.random.normal([size, size]), tf.random.normal([size, size])
+  multiply = lambda: tf.matmul(a, b)[0, 0].numpy()
+  multiply()
+  return dict(size=size, reps=reps, gflops=2 * size ** 3 / np.median(timed(multiply, reps)) / 1e9)
+
+
+class TimedWorker:
+  """A wrappers.Parallel env whose promises add the time spent waiting on them to `.wait`."""
+
+  def __init__(self, env):
+    self.env, self.act_space, self.wait = env, env.act_space, 0.0
+
+  def step(self, action):
+    return self._timed(self.env.step(action))
+
+  def reset(self):
+    return self._timed(self.env.reset())
+
+  def _timed(self, promise):
+    def resolve():
+      start = time.perf_counter()
+      result = promise()
+      self.wait += time.perf_counter() - start
+      return result
+    return resolve
+
+
+def env_rates(count, steps):
+  import functools
+  import wrappers
+  ctor = functools.partial(wrappers.make_env, 'dmc_walker_walk', 2, 1000, (64, 64))
+  envs = [wrappers.Parallel(functools.partial(ctor, seed=i), 'process') for i in range(count)]
+  try:
+    rng = np.random.default_rng(0)
+
+    def rate(envs, steps):
+      for env in envs:
+        env.reset()()
+      start = time.perf_counter()
+      for _ in range(steps):
+        promises = [env.step(env.act_space.sample(rng)) for env in envs]
+        for env, promise in zip(envs, promises):
+          if promise()[2]:
+            env.reset()()
+      return steps * len(envs) / (time.perf_counter() - start)
+
+    rate(envs, 5)  # Warm up the workers.
+    one, many = rate(envs[:1], steps), rate(envs, steps)
+    out = dict(one_worker_steps_per_s=one, workers=count, many_workers_steps_per_s=many,
+               scaling=many / (count * one))
+    out.update(policy_split(envs[0], steps))
+    return out
+  finally:
+    for env in envs:
+      env.close()
+
+
+def policy_split(env, steps):
+  import dreamer
+  import tools
+  import wrappers
+  simulate = getattr(wrappers, 'simulate', None) or tools.simulate  # It moved to wrappers.
+  agent = dreamer.Dreamer(make_config('debug'), env.act_space.shape[0])
+  policy = dreamer.Policy(agent, True, 0.3)
+  zero = lambda obs, reset, state: (np.zeros((len(reset),) + env.act_space.shape, np.float32), None)
+  simulate(policy, [env], steps=5)  # Trace the policy.
+  out = {}
+  for name, fn in (('agent', policy), ('zero', zero)):
+    worker = TimedWorker(env)
+    start = time.perf_counter()
+    simulate(fn, [worker], steps=steps)
+    total = time.perf_counter() - start
+    out[f'{name}_policy_steps_per_s'] = steps / total
+    out[f'{name}_policy_inside_worker_fraction'] = worker.wait / total
+  return out
+
+
+def end_to_end(steps):
+  with tempfile.TemporaryDirectory() as logdir:
+    command = [sys.executable, str(ROOT / 'dreamer.py'), '--configs', 'debug', '--task',
+               'dmc_cartpole_balance', '--steps', str(steps), '--logdir', logdir]
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if result.returncode:
+      raise RuntimeError(f'{" ".join(command)} failed:\n{result.stderr[-4000:]}')
+  return dict(command=' '.join(command[1:-1] + ['<tmp>']), env_steps=steps, wall_s=wall,
+              env_steps_per_s=steps / wall, note='includes startup, TF import, tracing, prefill and evals')
+
+
+def metadata():
+  git = lambda *a: subprocess.run(['git', '-C', str(ROOT), *a], capture_output=True, text=True).stdout.strip()
+  cpu = [l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')]
+  return dict(date=datetime.datetime.now().isoformat(timespec='seconds'), python=platform.python_version(),
+              tensorflow=importlib.metadata.version('tensorflow'),
+              cpu_model=cpu[0] if cpu else platform.processor(), cores=os.cpu_count(),
+              git_commit=git('rev-parse', 'HEAD'), git_dirty=bool(git('status', '--porcelain')),
+              command=' '.join([sys.executable] + sys.argv), load_average_at_start=os.getloadavg())
+
+
+def print_table(result):
+  rows = []
+  row = lambda *cells: rows.append(cells)
+  if 'matmul' in result:
+    m = result['matmul']
+    row('matmul', f'{m["size"]}^2 float32 tf.matmul', m.get('error') or f'{m["gflops"]:.1f} GFLOP/s')
+  for name, r in result['configs'].items():
+    if 'error' in r:
+      row(name, 'FAILED', r['error'].splitlines()[0])
+    if 'train' in r:
+      t = r['train']
+      row(name, 'train step, first call (with tracing)', f'{t["first_call_s"]:.2f} s')
+      row(name, f'train step, median (min-max of {t["count"]})', f'{t["median_s"]:.3f} s ({t["min_s"]:.3f}-{t["max_s"]:.3f})')
+      row(name, 'peak RSS after train steps (before)', f'{r["peak_rss_mb"]:.0f} MB ({r["rss_before_train_mb"]:.0f} MB)')
+    if 'policy' in r:
+      row(name, 'policy step, batch 1, median', f'{r["policy"]["median_s"] * 1e3:.2f} ms')
+    if 'flops' in r:
+      f = r['flops']
+      parts = ', '.join(f'{k} {v / 1e9:.3g}' for k, v in f['analytic'].items() if k != 'total')
+      row(name, 'GFLOP/step analytic', f'{f["analytic"]["total"] / 1e9:.4g} ({parts})')
+      row(name, 'GFLOP/step graph walk; profiler', f'{f["graph_walk"] / 1e9:.4g}; {f["profiler_outer_graph"] / 1e9:.4g} (outer graph only, no loop bodies)')
+    if 'fraction_of_peak' in r:
+      row(name, 'achieved GFLOP/s, fraction of matmul', f'{r["achieved_gflops"]:.1f}, {r["fraction_of_peak"]:.1%}')
+  e = result.get('env', {})
+  if 'error' in e:
+    row('env', 'FAILED', e['error'].splitlines()[0])
+  elif e:
+    row('env', 'walker agent steps/s, 1 worker', f'{e["one_worker_steps_per_s"]:.1f}')
+    row('env', f'... {e["workers"]} workers together (scaling)', f'{e["many_workers_steps_per_s"]:.1f} ({e["scaling"]:.2f})')
+    for policy in ('agent', 'zero'):
+      row('env', f'simulate, {policy} policy: steps/s, in worker', f'{e[policy + "_policy_steps_per_s"]:.1f}, {e[policy + "_policy_inside_worker_fraction"]:.0%}')
+  e = result.get('e2e', {})
+  if e:
+    row('e2e', 'debug run, env steps/s', e.get('error') or f'{e["env_steps_per_s"]:.1f} ({e["env_steps"]} in {e["wall_s"]:.1f} s, incl. startup and tracing)')
+  width = [max(len(cells[i]) for cells in rows) for i in range(2)]
+  for cells in rows:
+    print(f'{cells[0]:<{width[0]}}  {cells[1]:<{width[1]}}  {cells[2]}')
+
+
+def attempt(fn, *args):
+  """fn(*args), or {'error': ...} if it raised, so that one failing part keeps the others."""
+  try:
+    return fn(*args)
+  except Exception as e:
+    print(f'{fn.__name__} failed: {e}', file=sys.stderr)
+    return {'error': f'{type(e).__name__}: {e}'}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--quick', action='store_true', help='fewer repetitions (under 10 minutes)')
+  parser.add_argument('--parts', default=','.join(PARTS), help='comma-separated subset of ' + ','.join(PARTS))
+  parser.add_argument('--train-configs', default='paper,debug,cpu', help='paper and/or dreamer.py presets')
+  parser.add_argument('--steps', type=int, help='timed train steps per config (10 quick, 30 full)')
+  parser.add_argument('--policy-calls', type=int, help='timed policy steps (100 quick, 500 full)')
+  parser.add_argument('--env-steps', type=int, help='agent steps per env measurement (200 quick, 1000 full)')
+  parser.add_argument('--envs', type=int, default=os.cpu_count(), help='concurrent env workers')
+  parser.add_argument('--e2e-steps', type=int, default=800)
+  parser.add_argument('--matmul-size', type=int, default=4096)
+  parser.add_argument('--out', default=str(ROOT / 'results' / 'benchmark.json'))
+  parser.add_argument('--child', help=argparse.SUPPRESS)
+  args = parser.parse_args()
+  args.parts = args.parts.split(',')
+  if not set(args.parts) <= set(PARTS):
+    parser.error(f'--parts must be among {",".join(PARTS)}')
+  args.steps = args.steps or (10 if args.quick else 30)
+  args.policy_calls = args.policy_calls or (100 if args.quick else 500)
+  args.env_steps = args.env_steps or (200 if args.quick else 1000)
+  if args.child:
+    return child(args.child, args.parts, args.steps, args.policy_calls)
+
+  result = dict(meta=metadata(), configs={})
+  if 'matmul' in args.parts:
+    result['matmul'] = attempt(matmul_gflops, args.matmul_size, 3 if args.quick else 10)
+  if set(args.parts) & set(CHILD_PARTS):
+    for name in args.train_configs.split(','):
+      result['configs'][name] = r = attempt(run_child, name, args)
+      if 'train' in r and 'flops' in r and 'gflops' in result.get('matmul', {}):
+        r['achieved_gflops'] = r['flops']['analytic']['total'] / r['train']['median_s'] / 1e9
+        r['fraction_of_peak'] = r['achieved_gflops'] / result['matmul']['gflops']
+  if 'env' in args.parts:
+    result['env'] = attempt(env_rates, args.envs, args.env_steps)
+  if 'e2e' in args.parts:
+    result['e2e'] = attempt(end_to_end, args.e2e_steps)
+  result['main_process_peak_rss_mb'] = peak_rss_mb()
+  print_table(result)
+  out = pathlib.Path(args.out)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(result, indent=2, default=float))
+  print(f'Wrote {out}')
+  parts = [result.get('matmul'), result.get('env'), result.get('e2e'), *result['configs'].values()]
+  return 1 if any(part and 'error' in part for part in parts) else 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
