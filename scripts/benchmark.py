@@ -344,9 +344,7 @@ def env_rates(count, steps):
 
 def policy_split(env, steps):
   import dreamer
-  import tools
-  import wrappers
-  simulate = getattr(wrappers, 'simulate', None) or tools.simulate  # It moved to wrappers.
+  from wrappers import simulate
   agent = dreamer.Dreamer(make_config('debug'), env.act_space.shape[0])
   policy = dreamer.Policy(agent, True, 0.3)
   zero = lambda obs, reset, state: (np.zeros((len(reset),) + env.act_space.shape, np.float32), None)
@@ -414,8 +412,8 @@ def print_table(result):
   elif e:
     row('env', 'walker agent steps/s, 1 worker', f'{e["one_worker_steps_per_s"]:.1f}')
     row('env', f'... {e["workers"]} workers together (scaling)', f'{e["many_workers_steps_per_s"]:.1f} ({e["scaling"]:.2f})')
-    for policy in ('agent', 'zero'):
-      row('env', f'simulate, {policy} policy: steps/s, in worker', f'{e[policy + "_policy_steps_per_s"]:.1f}, {e[policy + "_policy_inside_worker_fraction"]:.0%}')
+    for policy, label in (('agent', 'debug agent'), ('zero', 'zero-cost')):
+      row('env', f'simulate, {label} policy: steps/s, in worker', f'{e[policy + "_policy_steps_per_s"]:.1f}, {e[policy + "_policy_inside_worker_fraction"]:.0%}')
   e = result.get('e2e', {})
   if e:
     row('e2e', 'debug run, env steps/s', e.get('error') or f'{e["env_steps_per_s"]:.1f} ({e["env_steps"]} in {e["wall_s"]:.1f} s, incl. startup and tracing)')

@@ -206,3 +206,67 @@ def test_pcont_head_is_trained_and_drops_last_start_state():
   feat = agent._imagine_ahead(post)
   assert feat.shape[:2] == (config.horizon, config.batch_size * (config.batch_length - 1))
   assert np.isfinite(float(agent.train(random_batch(config))['model_loss']))
+
+
+def reference_train(agent, config, batch):
+  """The straightforward formulation of one update, as in the authors' code:
+  Python-unrolled loops and a separate tape per loss, all updates at the end.
+  Draws random numbers in the same order as Dreamer._train."""
+  data = agent.preprocess(batch)
+  dyn = agent.dynamics
+  with tf.GradientTape() as model_tape:
+    embed = agent.encoder(data['image'])
+    state, posts, priors = dyn.initial(config.batch_size), [], []
+    for t in range(config.batch_length):
+      state, prior = dyn.obs_step(state, data['action'][:, t], embed[:, t])
+      posts.append(state)
+      priors.append(prior)
+    post = {k: tf.stack([s[k] for s in posts], 1) for k in state}
+    prior = {k: tf.stack([s[k] for s in priors], 1) for k in state}
+    feat = dyn.get_feat(post)
+    image_like = tf.reduce_mean(agent.decoder(feat).log_prob(data['image']))
+    reward_like = tf.reduce_mean(agent.reward(feat).log_prob(data['reward']))
+    kl = tf.reduce_mean(dyn.get_dist(post).kl_divergence(dyn.get_dist(prior)))
+    model_loss = tf.maximum(kl, config.free_nats) - image_like - reward_like
+  agent.actor(feat).entropy()  # Dreamer._train's entropy metric draws samples here.
+  with tf.GradientTape() as actor_tape:
+    state = {k: tf.reshape(tf.stop_gradient(v), [-1, v.shape[-1]]) for k, v in post.items()}
+    feats = []
+    for _ in range(config.horizon):
+      action = agent.actor(tf.stop_gradient(dyn.get_feat(state))).sample()
+      state = dyn.img_step(state, action)
+      feats.append(dyn.get_feat(state))
+    imag_feat = tf.stack(feats, 0)
+    reward = agent.reward(imag_feat).mode()
+    value = agent.value(imag_feat).mode()
+    returns, last = [], value[-1]
+    for t in reversed(range(config.horizon - 1)):
+      last = reward[t] + config.discount * ((1 - config.disclam) * value[t + 1] + config.disclam * last)
+      returns.insert(0, last)
+    returns = tf.stack(returns, 0)
+    weights = config.discount ** tf.range(config.horizon - 1, dtype=tf.float32)[:, None]
+    actor_loss = -tf.reduce_mean(weights * returns)
+  with tf.GradientTape() as value_tape:
+    value_pred = agent.value(imag_feat)[:-1]
+    value_loss = -tf.reduce_mean(weights * value_pred.log_prob(tf.stop_gradient(returns)))
+  for (opt, variables), loss, tape in zip(agent._optimizers(), (model_loss, actor_loss, value_loss), (model_tape, actor_tape, value_tape)):
+    opt(loss, tape.gradient(loss, variables), variables)
+  return dict(model_loss=model_loss, actor_loss=actor_loss, value_loss=value_loss)
+
+
+def test_train_step_matches_straightforward_formulation():
+  config = tiny_config('--batch_length', '5')
+  fast = dreamer.Dreamer(config, 2)
+  slow = dreamer.Dreamer(config, 2)
+  for a, b in zip(fast.variables, slow.variables):
+    b.assign(a)
+  batch = random_batch(config)
+  tf.random.set_seed(7)
+  metrics = fast._train(batch)  # Eager, so both draw noise in the same order.
+  tf.random.set_seed(7)
+  expected = reference_train(slow, config, batch)
+  for name, value in expected.items():
+    assert float(metrics[name]) == pytest.approx(float(value), rel=1e-5), name
+  for a, b in zip(fast.trainable_variables, slow.trainable_variables):
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.name)
+  assert any(not np.allclose(a.numpy(), b.numpy()) for a, b in zip(fast.trainable_variables, dreamer.Dreamer(config, 2).trainable_variables))
