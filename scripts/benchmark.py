@@ -215,7 +215,8 @@ def graph_walk_flops(graph, notes):
 def make_config(name):
   import dreamer
   presets = [] if name == 'paper' else ['--configs', name]
-  return dreamer.parse_args(['--logdir', 'unused', '--task', 'dmc_walker_walk', *presets])
+  with tempfile.TemporaryDirectory() as logdir:  # parse_args checks that it is writable.
+    return dreamer.parse_args(['--logdir', logdir, '--task', 'dmc_walker_walk', *presets])
 
 
 def stats(times):
