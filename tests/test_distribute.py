@@ -1,0 +1,126 @@
+"""Scaling out: tf.distribute and mixed precision."""
+
+import json
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+import dreamer
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def config_for(tmp_path, *flags):
+  return dreamer.parse_args([
+      '--logdir', str(tmp_path / 'run'), '--task', 'dmc_cartpole_balance', '--configs', 'debug',
+      '--batch_size', '4', '--batch_length', '6', *flags])
+
+
+def batch_for(config, seed=0):
+  rng = np.random.default_rng(seed)
+  shape = (config.batch_size, config.batch_length)
+  return dict(
+      image=rng.integers(0, 256, shape + (64, 64, 3), dtype=np.uint8),
+      action=rng.uniform(-1, 1, shape + (2,)).astype(np.float32),
+      reward=rng.normal(size=shape).astype(np.float32),
+      discount=np.ones(shape, np.float32))
+
+
+MIRRORED_SCRIPT = textwrap.dedent('''
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices('CPU')[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    sys.path[:0] = [sys.argv[1], sys.argv[1] + '/tests']
+    import dreamer, tools
+    from test_distribute import config_for, batch_for
+    import pathlib
+    # Remove sampling noise: replicas draw other random numbers than one device.
+    tf.random.normal = lambda shape, mean=0.0, stddev=1.0, dtype=tf.float32, seed=None, name=None: tf.zeros(shape, dtype)
+    tools.SampleDist.sample = lambda self, *args, **kwargs: tf.tanh(self._dist.distribution.distribution.loc)
+    config = config_for(pathlib.Path(sys.argv[2]))
+    single = dreamer.Dreamer(config, 2)
+    strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
+    with strategy.scope():
+      mirrored = dreamer.Dreamer(config, 2)
+    for a, b in zip(single.variables, mirrored.variables):
+      b.assign(a)
+    batch = batch_for(config)
+    dataset = tf.data.Dataset.from_tensors(batch).unbatch().batch(config.batch_size)
+    results = {}
+    for name, agent, data in (
+        ('single', single, batch),
+        ('mirrored', mirrored, next(iter(strategy.experimental_distribute_dataset(dataset))))):
+      metrics = agent.train(data)
+      results[name] = dict(
+          replicas=agent._strategy.num_replicas_in_sync,
+          metrics={k: float(v) for k, v in metrics.items() if k != 'action_ent'},
+          weights=[v.numpy().ravel().tolist() for v in agent.trainable_variables])
+    print(json.dumps(results))
+''')
+
+
+def test_mirrored_strategy_on_two_devices_matches_single_device_step(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-c', MIRRORED_SCRIPT, str(ROOT), str(tmp_path)],
+      capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-4000:]
+  results = json.loads(result.stdout.strip().splitlines()[-1])
+  single, mirrored = results['single'], results['mirrored']
+  assert single['replicas'] == 1 and mirrored['replicas'] == 2
+  for name, value in single['metrics'].items():
+    assert mirrored['metrics'][name] == pytest.approx(value, rel=1e-4, abs=1e-5), name
+  for a, b in zip(single['weights'], mirrored['weights']):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+
+
+@pytest.fixture
+def precision_policy():
+  yield keras.mixed_precision.set_global_policy
+  keras.mixed_precision.set_global_policy('float32')
+
+
+@pytest.mark.parametrize('precision, policy', [('16', 'mixed_float16'), ('bf16', 'mixed_bfloat16')])
+def test_mixed_precision_train_step_has_finite_float32_losses(tmp_path, precision_policy, precision, policy):
+  precision_policy(policy)
+  config = config_for(tmp_path, '--precision', precision)
+  agent = dreamer.Dreamer(config, 2)
+  assert agent.encoder.trainable_variables[0].dtype == tf.float32  # Float32 master weights.
+  scales = []
+  for _ in range(12):  # float16: the loss scale halves until gradients fit (2^15 at start).
+    metrics = agent.train(batch_for(config))
+    assert metrics['model_loss'].dtype == tf.float32
+    assert all(np.isfinite(float(v)) for k, v in metrics.items() if 'loss' in k), metrics
+    scales.append(float(metrics.get('model_loss_scale', 1)))
+    if float(metrics['model_skipped']) == 0:
+      break
+  assert all(np.isfinite(float(v)) for v in metrics.values()), metrics
+  assert ('model_loss_scale' in metrics) == (precision == '16')
+  assert scales == sorted(scales, reverse=True)
+  action, _ = dreamer.Policy(agent, True, 0.3)({'image': batch_for(config)['image'][:, 0]}, np.ones(4, bool), None)
+  assert action.dtype == np.float32 and np.isfinite(action).all()
+
+
+@pytest.mark.parametrize('precision, policy', [('32', 'float32'), ('16', 'mixed_float16')])
+def test_injected_inf_gradient_skips_update_and_keeps_weights(tmp_path, precision_policy, precision, policy):
+  precision_policy(policy)
+  config = config_for(tmp_path, '--precision', precision)
+  agent = dreamer.Dreamer(config, 2)
+  world = agent._optimizers()[0][1]
+  before = [v.numpy().copy() for v in world]
+  batch = batch_for(config)
+  batch['reward'][0, 0] = np.inf  # The reward loss and the world-model gradients become non-finite.
+  first = agent.train(batch)
+  assert float(first['model_skipped']) == 1.0 and float(first['actor_skipped']) == 0.0
+  for b, v in zip(before, world):
+    np.testing.assert_array_equal(b, v.numpy())
+  if precision == '16':
+    second = agent.train(batch)
+    assert float(second['model_loss_scale']) == float(first['model_loss_scale']) / 2
