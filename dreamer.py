@@ -394,8 +394,9 @@ def main(config):
       if log:
         logger.scalar('train/expl_amount', amount)
         logger.write()
+      collect = min(config.train_every, config.steps - step)  # Do not overshoot the budget.
       env_state = wrappers.simulate(
-          Policy(agent, True, amount), train_envs, steps=agent_steps(config, config.train_every),
+          Policy(agent, True, amount), train_envs, steps=agent_steps(config, collect),
           state=env_state, callbacks=train_callbacks)
       step = tools.count_steps(train_dir, config.action_repeat)
       checkpoints.save()
