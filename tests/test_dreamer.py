@@ -271,3 +271,32 @@ def test_train_step_matches_straightforward_formulation():
   for a, b in zip(fast.trainable_variables, slow.trainable_variables):
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.name)
   assert any(not np.allclose(a.numpy(), b.numpy()) for a, b in zip(fast.trainable_variables, dreamer.Dreamer(config, 2).trainable_variables))
+
+
+class SkippingAgent:
+  """Stands in for Dreamer: its world-model updates are skipped from update 3 on."""
+
+  def __init__(self):
+    self.updates = 0
+
+  def train(self, batch):
+    self.updates += 1
+    bad = float(self.updates >= 3)
+    return dict(model_skipped=bad, model_loss=np.nan if bad else 1.0, actor_skipped=0.0)
+
+
+def test_trainer_stops_after_patience_non_finite_updates_in_a_row_naming_the_loss():
+  trainer = dreamer.Trainer(SkippingAgent(), iter(range(100)), patience=4)
+  trainer.train(5)  # Updates 3, 4, 5 skipped: three in a row, below patience.
+  with pytest.raises(dreamer.NonFiniteError, match='The model loss or its gradient was not finite for 4 updates in a row'):
+    trainer.train(5)
+  assert trainer._agent.updates == 6
+
+
+def test_trainer_streak_resets_after_a_good_update():
+  agent = SkippingAgent()
+  trainer = dreamer.Trainer(agent, iter(range(100)), patience=3)
+  trainer.train(4)  # Two skipped in a row.
+  agent.updates = 0  # The next two updates are good again.
+  trainer.train(4)
+  assert agent.updates == 4

@@ -54,6 +54,18 @@ def test_debug_run_writes_everything_and_resumes(tmp_path):
   assert updates == sorted(updates) and updates[-1] > updates[0]
 
 
+def test_two_process_envs_each_write_episodes_and_steps_add_up(tmp_path):
+  logdir = tmp_path / 'run'
+  run(logdir, '--steps', '600', '--envs', '2', '--log_images', 'False')
+  episodes = list((logdir / 'episodes').glob('*.npz'))
+  # Prefill 200 (one episode per env), then 200 env steps per phase over 2 envs.
+  assert len(episodes) == 6
+  rows = metrics(logdir)
+  assert rows[-1]['step'] == 600 and rows[-1]['train/episodes'] == 6
+  returns = {round(row['train/return'], 3) for row in rows if 'train/return' in row}
+  assert len(returns) > 1  # Different seeds: the two envs do not repeat each other.
+
+
 @pytest.mark.parametrize('flags, message', [
     (['--task', 'dmc_walker_fly'], 'dmc_walker_walk'),
     (['--batch_length', '60'], 'batch_length'),
