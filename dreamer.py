@@ -137,6 +137,10 @@ class Dreamer(tf.Module):
     with tf.GradientTape() as tape:
       model_loss, post, metrics = self._model_loss(data)
     metrics['model_grad_norm'], metrics['model_skipped'], grads['model'] = model_opt.gradients(tape, model_loss, model_vars)
+    # A graph runs independent work in any order: start imagination only once the
+    # world-model backward pass has freed its activations, or both peak together.
+    with tf.control_dependencies(grads['model']):
+      post = tf.nest.map_structure(tf.identity, post)
     metrics['action_ent'] = tf.reduce_mean(self.actor(self.dynamics.get_feat(post)).entropy())
     with tf.GradientTape(persistent=True) as tape:
       imag_feat = self._imagine_ahead(post)
