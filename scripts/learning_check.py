@@ -42,14 +42,6 @@ def error(message, code):
   return code
 
 
-def env_steps(text):
-  """An integer, which may be written like 1e5."""
-  value = float(text)
-  if not value.is_integer():
-    raise ValueError(text)
-  return int(value)
-
-
 def parse_args(argv):
   """Our flags, plus everything unknown or after `--`, passed to dreamer.py."""
   argv = list(argv)
@@ -61,7 +53,7 @@ def parse_args(argv):
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
       allow_abbrev=False)
   parser.add_argument('--task', required=True, help='dmc_<domain>_<task>')
-  parser.add_argument('--steps', type=env_steps, default=100000, help='env steps to train')
+  parser.add_argument('--steps', default='100000', help='env steps to train (dreamer.py checks the value)')
   parser.add_argument('--logdir', required=True, type=pathlib.Path)
   parser.add_argument('--reference', type=pathlib.Path, default=DEFAULT_REFERENCE, help='published curves (JSON)')
   parser.add_argument('--plot', type=pathlib.Path, default=None, help='PNG path (default <logdir>/learning_check.png)')

@@ -10,11 +10,16 @@ def observe(rssm, embed, action, seed=0):
   return rssm.observe(tf.constant(embed), tf.constant(action))
 
 
+def sequences(batch, length):
+  """Random embeddings (11 dims) and actions (2 dims)."""
+  rng = np.random.default_rng(0)
+  embed = rng.normal(size=(batch, length, 11)).astype(np.float32)
+  return embed, rng.uniform(-1, 1, (batch, length, 2)).astype(np.float32)
+
+
 def test_rssm_observe_and_imagine_shapes_and_min_std():
   rssm = models.RSSM(stoch=5, deter=7, hidden=9)
-  rng = np.random.default_rng(0)
-  embed = rng.normal(size=(3, 4, 11)).astype(np.float32)
-  action = rng.uniform(-1, 1, (3, 4, 2)).astype(np.float32)
+  embed, action = sequences(3, 4)
   post, prior = observe(rssm, embed, action)
   for state in (post, prior):
     assert state['mean'].shape == state['std'].shape == state['stoch'].shape == (3, 4, 5)
@@ -29,9 +34,7 @@ def test_rssm_observe_and_imagine_shapes_and_min_std():
 
 def test_rssm_posterior_depends_on_embedding_and_prior_does_not():
   rssm = models.RSSM(stoch=5, deter=7, hidden=9)
-  rng = np.random.default_rng(0)
-  embed = rng.normal(size=(2, 3, 11)).astype(np.float32)
-  action = rng.uniform(-1, 1, (2, 3, 2)).astype(np.float32)
+  embed, action = sequences(2, 3)
   post, prior = observe(rssm, embed, action)
   changed = embed.copy()
   changed[:, -1] += 1.0  # Only the last observation differs.
