@@ -132,7 +132,7 @@ def test_unknown_flags_and_flags_after_double_dash_pass_through_to_dreamer():
                             '--eval_every', '200', '--', '--seed', '3'])
   command = module.dreamer_command(args)
   assert command[:2] == [sys.executable, str(ROOT / 'dreamer.py')]
-  assert command[2:] == ['--configs', 'cpu', '--task', 'dmc_cartpole_balance', '--steps', '100000',
+  assert command[2:] == ['--configs', 'cpu', '--task', 'dmc_cartpole_balance', '--steps', '1e5',
                          '--logdir', 'run', '--eval_every', '200', '--seed', '3']
 
 
