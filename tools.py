@@ -165,8 +165,13 @@ class Checkpoints:
     self._keep = keep
 
   def saved(self):
-    folders = self.directory.glob('ckpt-*')
-    return sorted(folders, key=lambda folder: int(folder.name.split('-')[1]))
+    """The checkpoint folders, oldest first."""
+    numbers = {}
+    for folder in self.directory.glob('ckpt-*'):
+      match = re.fullmatch(r'ckpt-(\d+)', folder.name)
+      if match and folder.is_dir():
+        numbers[folder] = int(match.group(1))
+    return sorted(numbers, key=numbers.get)
 
   def save(self):
     saved = self.saved()

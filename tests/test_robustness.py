@@ -56,6 +56,15 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path):
   assert float(variable) == 2.0
 
 
+def test_checkpoints_ignore_files_that_are_not_numbered_folders(tmp_path):
+  variable = tf.Variable(1.0)
+  checkpoints = tools.Checkpoints(tmp_path, tf.train.Checkpoint(v=variable), keep=2)
+  (tmp_path / 'ckpt-7.index').write_text('another format')
+  (tmp_path / 'ckpt-x').mkdir()
+  assert checkpoints.save().name == 'ckpt-1'
+  assert [f.name for f in checkpoints.saved()] == ['ckpt-1']
+
+
 def test_checkpoint_restore_with_none_saved_returns_none(tmp_path):
   assert tools.Checkpoints(tmp_path, tf.train.Checkpoint(v=tf.Variable(1.0)), keep=2).restore() is None
 
