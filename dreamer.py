@@ -392,7 +392,7 @@ def main(config):
         checkpoints.save()  # Records the final evaluation, so a rerun does not repeat it.
         break
       log = due('log', config.log_every)
-      updates = config.pretrain if int(agent.updates) == 0 else config.train_steps
+      updates = config.pretrain if int(agent.updates.numpy()) == 0 else config.train_steps
       trainer.train(updates, logger if log else None, config.log_images)
       amount = exploration_amount(config, step)
       if log:
@@ -431,7 +431,7 @@ class Trainer:
         if i == 0 and log_images:
           logger.video('train/openloop', self._agent.openloop(batch))
     if logger:
-      logger.scalar('train/updates', int(self._agent.updates), mean=False)
+      logger.scalar('train/updates', int(self._agent.updates.numpy()), mean=False)
 
   def _check(self, metrics):
     for name in ('model', 'actor', 'value'):

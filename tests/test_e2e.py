@@ -66,6 +66,15 @@ def test_two_process_envs_each_write_episodes_and_steps_add_up(tmp_path):
   assert len(returns) > 1  # Different seeds: the two envs do not repeat each other.
 
 
+def test_mirrored_strategy_run_trains_and_evaluates(tmp_path):
+  logdir = tmp_path / 'run'
+  run(logdir, '--steps', '400', '--strategy', 'mirrored')
+  rows = metrics(logdir)
+  assert any('train/model_loss' in row for row in rows)
+  assert any('test/return' in row for row in rows)
+  assert list((logdir / 'videos').glob('train_openloop_*.gif'))
+
+
 @pytest.mark.parametrize('flags, message', [
     (['--task', 'dmc_walker_fly'], 'dmc_walker_walk'),
     (['--batch_length', '60'], 'batch_length'),
