@@ -377,7 +377,8 @@ def main(config):
         return True
       return False
 
-    episodes = tools.Episodes(train_dir, config.dataset_size)
+    # --dataset_size counts env steps; each stored transition is action_repeat of them.
+    episodes = tools.Episodes(train_dir, config.dataset_size and max(1, config.dataset_size // config.action_repeat))
     dataset = tools.make_dataset(episodes, config.batch_size, config.batch_length, config.dataset_balance, config.seed)
     dataset = iter(strategy.experimental_distribute_dataset(dataset))
     trainer = Trainer(agent, dataset, config.nonfinite_patience)

@@ -92,8 +92,9 @@ def load_episode(filename):
 
 class Episodes:
   """The episodes of a folder held in RAM: new files are loaded on `update()`,
-  unreadable ones are skipped with one warning, and at most `limit` env steps are
-  kept (oldest dropped from RAM, never from disk). limit 0 means no bound."""
+  unreadable ones are skipped with one warning, and at most `limit` transitions
+  (agent steps) are kept (oldest dropped from RAM, never from disk). limit 0 means
+  no bound."""
 
   def __init__(self, directory, limit=0):
     self.directory = pathlib.Path(directory)

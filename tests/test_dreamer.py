@@ -3,7 +3,6 @@ import pytest
 import tensorflow as tf
 
 import dreamer
-import tools
 
 
 def tiny_config(*flags):

@@ -1,16 +1,13 @@
 """Crash safety, exact resume and determinism (runs the real command line)."""
 
 import json
-import os
 import pathlib
 import random
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 
-import numpy as np
 import pytest
 import tensorflow as tf
 
