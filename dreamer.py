@@ -129,8 +129,8 @@ class Dreamer(tf.Module):
 
   def _gradients(self, data):
     """Losses and replica-summed gradients; all forward passes use the weights
-    before the update. The world-model tape is released before imagination, which
-    starts from stopped states, to halve peak memory."""
+    before the update. Imagination starts from stopped states, so the world-model
+    tape can be released before it."""
     data = self.preprocess(data)
     (model_opt, model_vars), (actor_opt, actor_vars), *value = self._optimizers()
     grads = {}

@@ -165,18 +165,22 @@ class Checkpoints:
     self._checkpoint = checkpoint
     self._keep = keep
 
-  def saved(self):
-    """The checkpoint folders, oldest first."""
-    numbers = {}
+  def _numbered(self):
+    """{number: folder} of the checkpoint folders."""
+    folders = {}
     for folder in self.directory.glob('ckpt-*'):
       match = re.fullmatch(r'ckpt-(\d+)', folder.name)
       if match and folder.is_dir():
-        numbers[folder] = int(match.group(1))
-    return sorted(numbers, key=numbers.get)
+        folders[int(match.group(1))] = folder
+    return folders
+
+  def saved(self):
+    """The checkpoint folders, oldest first."""
+    return [folder for _, folder in sorted(self._numbered().items())]
 
   def save(self):
     saved = self.saved()
-    number = int(saved[-1].name.split('-')[1]) + 1 if saved else 1
+    number = max(self._numbered(), default=0) + 1
     temp = self.directory / f'.tmp-ckpt-{number}'
     shutil.rmtree(temp, ignore_errors=True)
     self._checkpoint.write(str(temp / 'ckpt'))
