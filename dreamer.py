@@ -142,15 +142,18 @@ class Dreamer(tf.Module):
     with tf.control_dependencies(grads['model']):
       post = tf.nest.map_structure(tf.identity, post)
     metrics['action_ent'] = tf.reduce_mean(self.actor(self.dynamics.get_feat(post)).entropy())
-    with tf.GradientTape(persistent=True) as tape:
+    # One non-persistent tape per loss, the value tape watching only the value head:
+    # a persistent tape, or one that sees the imagination loop without needing its
+    # gradient, materialises zeros for every activation the loop keeps (0.5 GB).
+    value_opt, value_vars = value[0] if value else (None, [])
+    with tf.GradientTape() as actor_tape, tf.GradientTape(watch_accessed_variables=False) as value_tape:
+      value_tape.watch(value_vars)
       imag_feat = self._imagine_ahead(post)
       actor_loss, value_loss, behaviour_metrics = self._behaviour_losses(imag_feat)
-    metrics['actor_grad_norm'], metrics['actor_skipped'], grads['actor'] = actor_opt.gradients(tape, actor_loss, actor_vars)
+    metrics['actor_grad_norm'], metrics['actor_skipped'], grads['actor'] = actor_opt.gradients(actor_tape, actor_loss, actor_vars)
     if value:
-      (value_opt, value_vars), = value
-      metrics['value_grad_norm'], metrics['value_skipped'], grads['value'] = value_opt.gradients(tape, value_loss, value_vars)
+      metrics['value_grad_norm'], metrics['value_skipped'], grads['value'] = value_opt.gradients(value_tape, value_loss, value_vars)
       metrics['value_loss'] = value_loss
-    del tape
     metrics.update(behaviour_metrics, model_loss=model_loss, actor_loss=actor_loss)
     return grads, metrics
 

@@ -110,9 +110,19 @@ class ConvEncoder(Module):
 
   def __call__(self, image):
     x = tf.reshape(image, [-1] + image.shape[-3:].as_list())
-    for i, mult in enumerate((1, 2, 4, 8)):
-      x = self.get(f'h{i}', keras.layers.Conv2D, mult * self._depth, 4, 2, activation=self._act)(x)
+    # The first activation is the largest one (0.3 GB at the paper config): the
+    # backward pass recomputes it from the image rather than keeping it. Only the
+    # first conv runs twice, since the second one's gradients need only its input.
+    x = keras.activations.get(self._act)(tf.recompute_grad(self._first_two_convs)(x))
+    for i in (2, 3):
+      x = self._conv(i, self._act)(x)
     return tf.reshape(x, tf.concat([tf.shape(image)[:-3], [32 * self._depth]], 0))
+
+  def _first_two_convs(self, x):
+    return self._conv(1, None)(self._conv(0, self._act)(x))
+
+  def _conv(self, i, act):
+    return self.get(f'h{i}', keras.layers.Conv2D, 2 ** i * self._depth, 4, 2, activation=act)
 
 
 class ConvDecoder(Module):
@@ -132,7 +142,7 @@ class ConvDecoder(Module):
       x = self.get(f'h{i + 2}', keras.layers.Conv2DTranspose, mult * self._depth, kernel, 2, activation=act)(x)
     x = self.get('h5', keras.layers.Conv2DTranspose, self._shape[-1], 6, 2)(x)
     mean = tf.reshape(as_float32(x), tf.concat([tf.shape(features)[:-1], self._shape], 0))
-    return tfd.Independent(tfd.Normal(mean, 1), len(self._shape))
+    return tools.UnitNormal(mean, len(self._shape))
 
 
 class DenseHead(Module):

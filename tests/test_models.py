@@ -65,6 +65,33 @@ def test_encoder_and_decoder_shapes():
   assert dist.log_prob(tf.zeros([2, 3, 64, 64, 3])).shape == (2, 3)
 
 
+def test_encoder_recomputation_keeps_outputs_and_gradients():
+  """The encoder recomputes its first activation in the backward pass; outputs and
+  gradients must equal those of the plain conv stack with the same weights."""
+  encoder = models.ConvEncoder(depth=4)
+  image = tf.random.uniform([2, 3, 64, 64, 3], -0.5, 0.5, seed=1)
+  encoder(image)
+  layers = [encoder.get(f'h{i}', None) for i in range(4)]
+
+  def plain(image):
+    x = tf.reshape(image, [-1, 64, 64, 3])
+    for layer in layers:
+      x = tf.nn.relu(tf.nn.conv2d(x, layer.kernel, 2, 'VALID') + layer.bias)
+    return tf.reshape(x, [2, 3, 128])
+
+  weights = tf.random.normal([2, 3, 128], seed=2)
+  results = []
+  for fn in (encoder, plain):
+    with tf.GradientTape() as tape:
+      tape.watch(image)
+      embed = fn(image)
+      loss = tf.reduce_sum(embed * weights)
+    results.append([embed] + tape.gradient(loss, [image, *encoder.trainable_variables]))
+  assert len(results[0]) == 10 and all(g is not None for g in results[0])
+  for ours, reference in zip(*results):
+    np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_decoder_log_prob_is_unit_normal_summed_over_pixels():
   decoder = models.ConvDecoder(depth=4)
   features = tf.random.normal([1, 6])

@@ -107,6 +107,26 @@ def test_tanh_normal_entropy_estimate_matches_numerical_integral():
   assert np.mean(estimates) == pytest.approx(exact, abs=0.05)
 
 
+def test_unit_normal_log_prob_and_gradients_are_analytic():
+  rng = np.random.default_rng(0)
+  loc, x = rng.normal(size=(2, 3, 4, 5, 3)), rng.normal(size=(2, 3, 4, 5, 3))
+  weight = rng.normal(size=(2, 3))  # A non-uniform upstream gradient.
+  loc_t, x_t = tf.constant(loc, tf.float32), tf.constant(x, tf.float32)
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch([loc_t, x_t])
+    log_prob = tools.UnitNormal(loc_t, 3).log_prob(x_t)
+    loss = tf.reduce_sum(log_prob * weight)
+  # log N(x; loc, 1) summed over 4 x 5 x 3 values; d/dloc = x - loc, d/dx = loc - x.
+  expected = np.sum(-0.5 * (x - loc) ** 2 - 0.5 * np.log(2 * np.pi), (2, 3, 4))
+  np.testing.assert_allclose(log_prob.numpy(), expected, rtol=1e-5)
+  upstream = weight[..., None, None, None]
+  np.testing.assert_allclose(tape.gradient(loss, loc_t).numpy(), upstream * (x - loc), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(tape.gradient(loss, x_t).numpy(), upstream * (loc - x), rtol=1e-5, atol=1e-6)
+  dist = tools.UnitNormal(loc_t, 3)
+  assert dist.event_shape == (4, 5, 3) and dist.batch_shape == (2, 3)
+  np.testing.assert_array_equal(dist.mode().numpy(), loc_t.numpy())
+
+
 def test_one_hot_sample_is_one_hot_with_straight_through_gradient():
   logits = tf.Variable([[0.1, 2.0, -1.0]])
   with tf.GradientTape() as tape:
