@@ -13,6 +13,8 @@ train   Per config (paper = the dreamer.py defaults; debug and cpu presets) a ch
         agent.train(batch), forced to finish by reading one metric as a float: the first
         call (includes tracing), 2 untimed calls, then --steps timed calls. peak_rss_mb is
         the child's ru_maxrss right after them: the training peak, isolated from the rest.
+        allocator_peak_mb is TF's allocator peak (get_memory_info) over the child's life:
+        the tensors alone, without libraries, graphs and the allocator's free pool.
 policy  In the same child: dreamer.Policy(agent, True, expl_amount) on a batch of 1 (one
         tf.function call plus the action's conversion to numpy), median of many calls.
 flops   In the same child, FLOPs of one train step counted three ways:
@@ -32,9 +34,14 @@ flops   In the same child, FLOPs of one train step counted three ways:
 matmul  Median GFLOP/s (2 n^3 FLOPs) of an n x n float32 tf.matmul: this machine's practical
         peak. Achieved fraction = analytic FLOPs per step / median step time / that peak.
 env     Agent steps/s of dmc_walker_walk (action repeat 2, 64x64 images) in
-        wrappers.Parallel 'process' workers with random actions: one worker, then --envs
-        workers stepped together (all actions sent, then all results received); scaling =
-        rate(N) / (N x rate(1)). Then the env loop `simulate` on one worker with the debug
+        wrappers.Parallel 'process' workers with random actions: one worker (Mesa's
+        llvmpipe renders on every core by default), one worker limited to one render
+        thread (LP_NUM_THREADS=1), then --envs default workers stepped together as
+        dreamer.py steps them (all actions sent, then all results received).
+        scaling = rate(N) / (N x rate(one thread)): N workers against N one-core workers.
+        speedup_over_one_worker = rate(N) / rate(one worker on all cores), which a single
+        worker's multi-threaded rendering caps below N. Then the env loop `simulate`
+        on the first worker with the debug
         agent's policy, the worker's promises wrapped to time how long the parent blocks on
         them: inside = that wait (physics, rendering, the worker's pickling, the transfer),
         outside = the rest (policy, batching, sending, bookkeeping). Also with a zero-cost
@@ -254,6 +261,8 @@ def child(name, parts, steps, policy_calls):
     timed(step, 2)
     out['train'] = dict(first_call_s=first, **stats(timed(step, steps)))
     out['peak_rss_mb'] = peak_rss_mb()
+    device = 'GPU:0' if tf.config.list_physical_devices('GPU') else 'CPU:0'
+    out['allocator_peak_mb'] = tf.config.experimental.get_memory_info(device)['peak'] / 2 ** 20
   if 'policy' in parts:
     policy = dreamer.Policy(agent, True, config.expl_amount)
     obs = {'image': np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), np.uint8)}
@@ -315,9 +324,13 @@ class TimedWorker:
 
 def env_rates(count, steps):
   import functools
+  from unittest import mock
   import wrappers
   ctor = functools.partial(wrappers.make_env, 'dmc_walker_walk', 2, 1000, (64, 64))
-  envs = [wrappers.Parallel(functools.partial(ctor, seed=i), 'process') for i in range(count)]
+  worker = lambda seed: wrappers.Parallel(functools.partial(ctor, seed=seed), 'process')
+  one, many = worker(0), [worker(2 + i) for i in range(count)]
+  with mock.patch.dict(os.environ, LP_NUM_THREADS='1'):  # Mesa renders on one core.
+    single = worker(1)
   try:
     rng = np.random.default_rng(0)
 
@@ -332,14 +345,16 @@ def env_rates(count, steps):
             env.reset()()
       return steps * len(envs) / (time.perf_counter() - start)
 
-    rate(envs, 5)  # Warm up the workers.
-    one, many = rate(envs[:1], steps), rate(envs, steps)
-    out = dict(one_worker_steps_per_s=one, workers=count, many_workers_steps_per_s=many,
-               scaling=many / (count * one))
-    out.update(policy_split(envs[0], steps))
+    for env in [one, single] + many:
+      rate([env], 5)  # Warm up the workers.
+    out = dict(one_worker_steps_per_s=rate([one], steps), one_thread_worker_steps_per_s=rate([single], steps),
+               workers=count, many_workers_steps_per_s=rate(many, steps))
+    out['scaling'] = out['many_workers_steps_per_s'] / (count * out['one_thread_worker_steps_per_s'])
+    out['speedup_over_one_worker'] = out['many_workers_steps_per_s'] / out['one_worker_steps_per_s']
+    out.update(policy_split(one, steps))
     return out
   finally:
-    for env in envs:
+    for env in [one, single] + many:
       env.close()
 
 
@@ -397,7 +412,7 @@ def print_table(result):
       t = r['train']
       row(name, 'train step, first call (with tracing)', f'{t["first_call_s"]:.2f} s')
       row(name, f'train step, median (min-max of {t["count"]})', f'{t["median_s"]:.3f} s ({t["min_s"]:.3f}-{t["max_s"]:.3f})')
-      row(name, 'peak RSS after train steps (before)', f'{r["peak_rss_mb"]:.0f} MB ({r["rss_before_train_mb"]:.0f} MB)')
+      row(name, 'peak RSS after train steps (before); tensors', f'{r["peak_rss_mb"]:.0f} MB ({r["rss_before_train_mb"]:.0f} MB); {r["allocator_peak_mb"]:.0f} MB')
     if 'policy' in r:
       row(name, 'policy step, batch 1, median', f'{r["policy"]["median_s"] * 1e3:.2f} ms')
     if 'flops' in r:
@@ -411,8 +426,10 @@ def print_table(result):
   if 'error' in e:
     row('env', 'FAILED', e['error'].splitlines()[0])
   elif e:
-    row('env', 'walker agent steps/s, 1 worker', f'{e["one_worker_steps_per_s"]:.1f}')
-    row('env', f'... {e["workers"]} workers together (scaling)', f'{e["many_workers_steps_per_s"]:.1f} ({e["scaling"]:.2f})')
+    row('env', 'walker agent steps/s, 1 worker rendering on all cores', f'{e["one_worker_steps_per_s"]:.1f}')
+    row('env', '... 1 worker rendering on 1 thread', f'{e["one_thread_worker_steps_per_s"]:.1f}')
+    row('env', f'... {e["workers"]} workers together (scaling)',
+        f'{e["many_workers_steps_per_s"]:.1f} ({e["scaling"]:.2f}; {e["speedup_over_one_worker"]:.2f}x the first row)')
     for policy, label in (('agent', 'debug agent'), ('zero', 'zero-cost')):
       row('env', f'simulate, {label} policy: steps/s, in worker', f'{e[policy + "_policy_steps_per_s"]:.1f}, {e[policy + "_policy_inside_worker_fraction"]:.0%}')
   e = result.get('e2e', {})

@@ -28,7 +28,7 @@ def test_debug_config_run_writes_positive_numbers(tmp_path):
   debug = data['configs']['debug']
   numbers = [
       debug['train']['first_call_s'], debug['train']['median_s'], debug['train']['min_s'],
-      debug['train']['max_s'], debug['peak_rss_mb'], debug['policy']['median_s'],
+      debug['train']['max_s'], debug['peak_rss_mb'], debug['allocator_peak_mb'], debug['policy']['median_s'],
       debug['flops']['analytic']['total'], debug['flops']['graph_walk'],
       debug['flops']['profiler_outer_graph'], data['matmul']['gflops'],
       debug['achieved_gflops'], debug['fraction_of_peak'], data['main_process_peak_rss_mb']]
