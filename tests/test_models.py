@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+import tf_keras as keras
 
 import models
 
@@ -90,6 +91,30 @@ def test_encoder_recomputation_keeps_outputs_and_gradients():
   assert len(results[0]) == 10 and all(g is not None for g in results[0])
   for ours, reference in zip(*results):
     np.testing.assert_allclose(ours.numpy(), reference.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('shape, filters, kernel', [
+    ((3, 1, 1, 64), 16, 5),  # 1x1 input: one matmul.
+    ((3, 5, 5, 16), 8, 5)])  # Keras' own kernel.
+def test_conv2d_transpose_matches_keras(shape, filters, kernel):
+  x = tf.random.normal(shape, seed=0)
+  ours = models.Conv2DTranspose(filters, kernel, 2, activation='relu')
+  reference = keras.layers.Conv2DTranspose(filters, kernel, 2, activation='relu')
+  ours(x), reference(x)
+  rng = np.random.default_rng(0)
+  ours.set_weights([rng.normal(size=w.shape).astype(np.float32) for w in ours.weights])
+  reference.set_weights(ours.get_weights())
+  results = []
+  for layer in (ours, reference):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      y = layer(x)
+      loss = tf.reduce_sum(y * tf.sin(y))
+    results.append([y, *tape.gradient(loss, [x, *layer.trainable_variables])])
+  assert results[0][0].shape == (3, (shape[1] - 1) * 2 + kernel, (shape[2] - 1) * 2 + kernel, filters)
+  for ours_value, reference_value in zip(*results):
+    scale = np.abs(reference_value.numpy()).max()
+    np.testing.assert_allclose(ours_value.numpy(), reference_value.numpy(), rtol=1e-4, atol=1e-5 * scale)
 
 
 def test_decoder_log_prob_is_unit_normal_summed_over_pixels():
