@@ -40,12 +40,11 @@ env     Agent steps/s of dmc_walker_walk (action repeat 2, 64x64 images) in
         dreamer.py steps them (all actions sent, then all results received).
         scaling = rate(N) / (N x rate(one thread)): N workers against N one-core workers.
         speedup_over_one_worker = rate(N) / rate(one worker on all cores), which a single
-        worker's multi-threaded rendering caps below N. Then the env loop `simulate`
-        on the first worker with the debug
-        agent's policy, the worker's promises wrapped to time how long the parent blocks on
-        them: inside = that wait (physics, rendering, the worker's pickling, the transfer),
-        outside = the rest (policy, batching, sending, bookkeeping). Also with a zero-cost
-        policy, for comparison.
+        worker's multi-threaded rendering caps below N. Then the env loop `simulate` on
+        the first worker with the debug agent's policy, the worker's promises wrapped to
+        time how long the parent blocks on them: inside = that wait (physics, rendering,
+        the worker's pickling, the transfer), outside = the rest (policy, batching,
+        sending, bookkeeping). Also with a zero-cost policy, for comparison.
 e2e     `dreamer.py --configs debug --task dmc_cartpole_balance --steps 800` in a
         subprocess: env steps / wall time, INCLUDING interpreter start, TF import, worker
         start, tracing, prefill and evaluation episodes.
