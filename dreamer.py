@@ -337,11 +337,12 @@ def seed_everything(config):
 def main(config):
   logdir = pathlib.Path(config.logdir).expanduser()
   print('Config:', json.dumps(vars(config)))
-  tools.atomic_write(logdir / 'config.json', lambda f: f.write(json.dumps(vars(config), indent=2).encode()))
   seed_everything(config)
   strategy = setup_devices(config)
   if config.batch_size % strategy.num_replicas_in_sync:
-    raise ValueError(f'--batch_size {config.batch_size} must be a multiple of the {strategy.num_replicas_in_sync} replicas.')
+    raise RunError(f'--batch_size {config.batch_size} must be a multiple of the {strategy.num_replicas_in_sync} '
+                   'replicas the strategy trains on; change --batch_size or the devices.')
+  tools.atomic_write(logdir / 'config.json', lambda f: f.write(json.dumps(vars(config), indent=2).encode()))
   train_dir, test_dir = logdir / 'episodes', logdir / 'test_episodes'
   step = tools.count_steps(train_dir, config.action_repeat)
   logger = tools.Logger(logdir, step)
@@ -450,7 +451,11 @@ class Trainer:
             'The checkpoints hold the last good weights; lower the learning rate or check the data.')
 
 
-class NonFiniteError(RuntimeError):
+class RunError(RuntimeError):
+  """Stops the run with a message for the user instead of a traceback."""
+
+
+class NonFiniteError(RunError):
   pass
 
 
@@ -533,5 +538,5 @@ def check_logdir(config):
 if __name__ == '__main__':
   try:
     main(parse_args())
-  except NonFiniteError as e:
+  except RunError as e:
     sys.exit(f'Error: {e}')

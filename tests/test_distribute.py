@@ -5,6 +5,7 @@ import pathlib
 import subprocess
 import sys
 import textwrap
+import types
 
 import numpy as np
 import pytest
@@ -124,3 +125,12 @@ def test_injected_inf_gradient_skips_update_and_keeps_weights(tmp_path, precisio
   if precision == '16':
     second = agent.train(batch)
     assert float(second['model_loss_scale']) == float(first['model_loss_scale']) / 2
+
+
+def test_batch_not_divisible_by_replicas_stops_before_writing_the_run(tmp_path, monkeypatch):
+  monkeypatch.setattr(dreamer, 'setup_devices', lambda config: types.SimpleNamespace(num_replicas_in_sync=2))
+  config = config_for(tmp_path, '--batch_size', '3')
+  with pytest.raises(dreamer.RunError, match='--batch_size 3 must be a multiple of the 2 replicas'):
+    dreamer.main(config)
+  assert not (tmp_path / 'run' / 'config.json').exists()
+  assert not (tmp_path / 'run' / 'episodes').exists()
