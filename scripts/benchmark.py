@@ -41,10 +41,15 @@ env     Agent steps/s of dmc_walker_walk (action repeat 2, 64x64 images) in
         scaling = rate(N) / (N x rate(one thread)): N workers against N one-core workers.
         speedup_over_one_worker = rate(N) / rate(one worker on all cores), which a single
         worker's multi-threaded rendering caps below N. Then the env loop `simulate` on
-        the first worker with the debug agent's policy, the worker's promises wrapped to
-        time how long the parent blocks on them: inside = that wait (physics, rendering,
-        the worker's pickling, the transfer), outside = the rest (policy, batching,
-        sending, bookkeeping). Also with a zero-cost policy, for comparison.
+        the first worker, its promises wrapped to time how long the parent blocks on
+        them: inside = that wait (physics, rendering, the worker's pickling, the
+        transfer), outside = the rest (policy, batching, sending, bookkeeping). The
+        policy is the paper config's acting network, as collection runs it; a zero-cost
+        policy alternates with it for comparison, and agent_over_zero_rate is the ratio
+        of their rates. policy_call_in_loop_ms is the median policy call inside that
+        loop, policy_call_back_to_back_ms the same call repeated without waits.
+        wake_penalty times a trivial tf.function call and a NumPy sum back to back and
+        right after 16 ms asleep, the wait for a render.
 e2e     `dreamer.py --configs debug --task dmc_cartpole_balance --steps 800` in a
         subprocess: env steps / wall time, INCLUDING interpreter start, TF import, worker
         start, tracing, prefill and evaluation episodes.
@@ -351,27 +356,64 @@ def env_rates(count, steps):
     out['scaling'] = out['many_workers_steps_per_s'] / (count * out['one_thread_worker_steps_per_s'])
     out['speedup_over_one_worker'] = out['many_workers_steps_per_s'] / out['one_worker_steps_per_s']
     out.update(policy_split(one, steps))
+    out['wake_penalty'] = wake_penalty()
     return out
   finally:
     for env in [one, single] + many:
       env.close()
 
 
-def policy_split(env, steps):
+def policy_split(env, steps, rounds=2):
+  """The env loop `simulate` on one worker, with the paper config's acting network (what
+  collection runs) and with a zero-cost policy, alternating in `rounds` so that drift in
+  the machine's speed hits both alike."""
   import dreamer
   from wrappers import simulate
-  agent = dreamer.Dreamer(make_config('debug'), env.act_space.shape[0])
+  agent = dreamer.Dreamer(make_config('paper'), env.act_space.shape[0])
   policy = dreamer.Policy(agent, True, 0.3)
+  calls = []
+
+  def agent_policy(*args):
+    start = time.perf_counter()
+    out = policy(*args)
+    calls.append(time.perf_counter() - start)
+    return out
+
   zero = lambda obs, reset, state: (np.zeros((len(reset),) + env.act_space.shape, np.float32), None)
   simulate(policy, [env], steps=5)  # Trace the policy.
+  totals = {name: [0.0, 0.0] for name in ('agent', 'zero')}  # Loop time, time waiting on the worker.
+  for _ in range(rounds):
+    for name, fn in (('agent', agent_policy), ('zero', zero)):
+      worker = TimedWorker(env)
+      start = time.perf_counter()
+      simulate(fn, [worker], steps=steps // rounds)
+      totals[name][0] += time.perf_counter() - start
+      totals[name][1] += worker.wait
   out = {}
-  for name, fn in (('agent', policy), ('zero', zero)):
-    worker = TimedWorker(env)
-    start = time.perf_counter()
-    simulate(fn, [worker], steps=steps)
-    total = time.perf_counter() - start
-    out[f'{name}_policy_steps_per_s'] = steps / total
-    out[f'{name}_policy_inside_worker_fraction'] = worker.wait / total
+  for name, (total, wait) in totals.items():
+    out[f'{name}_policy_steps_per_s'] = rounds * (steps // rounds) / total
+    out[f'{name}_policy_inside_worker_fraction'] = wait / total
+  out['agent_over_zero_rate'] = out['agent_policy_steps_per_s'] / out['zero_policy_steps_per_s']
+  obs = {'image': np.zeros((1, 64, 64, 3), np.uint8)}
+  state = policy(obs, np.array([True]), None)[1]
+  out['policy_call_in_loop_ms'] = 1e3 * float(np.median(calls))
+  out['policy_call_back_to_back_ms'] = 1e3 * float(np.median(timed(lambda: policy(obs, np.array([False]), state), 100)))
+  return out
+
+
+def wake_penalty(calls=50, pause=0.016):
+  """Median time of a trivial tf.function call and of a NumPy sum of 1000 floats, back to
+  back and right after `pause` seconds asleep (about one render): on some machines code
+  that has not run for a few ms runs several times slower (evicted caches)."""
+  import tensorflow as tf
+  add_one = tf.function(lambda x: x + 1)
+  one, floats = tf.constant(1.0), np.ones(1000)
+  add_one(one)
+  after_sleep = lambda fn: [(time.sleep(pause), timed(fn, 1)[0])[1] for _ in range(calls)]
+  out = {}
+  for name, fn in (('tf_function_call', lambda: add_one(one)), ('numpy_sum', floats.sum)):
+    out[f'{name}_back_to_back_us'] = 1e6 * float(np.median(timed(fn, calls)))
+    out[f'{name}_after_sleep_us'] = 1e6 * float(np.median(after_sleep(fn)))
   return out
 
 
@@ -429,8 +471,14 @@ def print_table(result):
     row('env', '... 1 worker rendering on 1 thread', f'{e["one_thread_worker_steps_per_s"]:.1f}')
     row('env', f'... {e["workers"]} workers together (scaling)',
         f'{e["many_workers_steps_per_s"]:.1f} ({e["scaling"]:.2f}; {e["speedup_over_one_worker"]:.2f}x the first row)')
-    for policy, label in (('agent', 'debug agent'), ('zero', 'zero-cost')):
+    for policy, label in (('agent', 'paper agent'), ('zero', 'zero-cost')):
       row('env', f'simulate, {label} policy: steps/s, in worker', f'{e[policy + "_policy_steps_per_s"]:.1f}, {e[policy + "_policy_inside_worker_fraction"]:.0%}')
+    row('env', 'agent policy rate / zero-cost rate', f'{e["agent_over_zero_rate"]:.2f}')
+    row('env', 'policy call in the loop; back to back', f'{e["policy_call_in_loop_ms"]:.2f} ms; {e["policy_call_back_to_back_ms"]:.2f} ms')
+    w = e['wake_penalty']
+    for name, label in (('tf_function_call', 'trivial tf.function call'), ('numpy_sum', 'NumPy sum of 1000')):
+      row('env', f'{label}: back to back; after 16 ms asleep',
+          f'{w[name + "_back_to_back_us"]:.0f} us; {w[name + "_after_sleep_us"]:.0f} us')
   e = result.get('e2e', {})
   if e:
     row('e2e', 'debug run, env steps/s', e.get('error') or f'{e["env_steps_per_s"]:.1f} ({e["env_steps"]} in {e["wall_s"]:.1f} s, incl. startup and tracing)')

@@ -56,3 +56,19 @@ def test_analytic_flop_formula():
   assert abs(flops['conv'] / 0.6e12 - 1) < 0.05
   assert abs(flops['imagination'] / 0.35e12 - 1) < 0.05
   assert abs((flops['total'] - flops['value_loss']) / 0.95e12 - 1) < 0.05
+
+
+def test_env_part_times_the_loop_with_both_policies():
+  env = benchmark.env_rates(1, 20)
+  for policy in ('agent', 'zero'):
+    assert env[f'{policy}_policy_steps_per_s'] > 0
+    assert 0 < env[f'{policy}_policy_inside_worker_fraction'] <= 1
+  assert env['policy_call_in_loop_ms'] > 0 and env['policy_call_back_to_back_ms'] > 0
+  assert env['workers'] == 1 and env['many_workers_steps_per_s'] > 0
+
+
+def test_wake_penalty_times_the_calls_without_the_pause():
+  penalty = benchmark.wake_penalty(calls=3, pause=0.05)
+  assert set(penalty) == {f'{name}_{when}_us' for name in ('tf_function_call', 'numpy_sum')
+                          for when in ('back_to_back', 'after_sleep')}
+  assert all(0 < value < 50_000 for value in penalty.values()), penalty  # The 50 ms pause is not counted.
