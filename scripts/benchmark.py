@@ -46,7 +46,8 @@ env     Agent steps/s of dmc_walker_walk (action repeat 2, 64x64 images) in
         transfer), outside = the rest (policy, batching, sending, bookkeeping). The
         policy is the paper config's acting network, as collection runs it; a zero-cost
         policy alternates with it for comparison, and agent_over_zero_rate is the ratio
-        of their rates. policy_call_in_loop_ms is the median policy call inside that
+        of their rates: stricter than the time share, since a policy that slows the
+        renderer (with spinning BLAS threads, say) lowers it. policy_call_in_loop_ms is the median policy call inside that
         loop, policy_call_back_to_back_ms the same call repeated without waits.
         wake_penalty times a trivial tf.function call and a NumPy sum back to back and
         right after 16 ms asleep, the wait for a render.
