@@ -47,10 +47,10 @@ env     Agent steps/s of dmc_walker_walk (action repeat 2, 64x64 images) in
         policy is the paper config's acting network, as collection runs it; a zero-cost
         policy alternates with it for comparison, and agent_over_zero_rate is the ratio
         of their rates: stricter than the time share, since a policy that slows the
-        renderer (with spinning BLAS threads, say) lowers it. policy_call_in_loop_ms is the median policy call inside that
-        loop, policy_call_back_to_back_ms the same call repeated without waits.
-        wake_penalty times a trivial tf.function call and a NumPy sum back to back and
-        right after 16 ms asleep, the wait for a render.
+        renderer (with spinning BLAS threads, say) lowers it. policy_call_in_loop_ms is
+        the median policy call inside that loop, policy_call_back_to_back_ms the same
+        call repeated without waits. wake_penalty times a trivial tf.function call and a
+        NumPy sum back to back and right after 16 ms asleep, the wait for a render.
 e2e     `dreamer.py --configs debug --task dmc_cartpole_balance --steps 800` in a
         subprocess: env steps / wall time, INCLUDING interpreter start, TF import, worker
         start, tracing, prefill and evaluation episodes.
