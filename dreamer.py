@@ -26,7 +26,7 @@ import wrappers
 DEFAULTS = dict(
     # Run.
     logdir='', task='dmc_walker_walk', seed=0, steps=int(5e6), eval_every=int(1e4),
-    log_every=int(1e3), log_images=True, checkpoints=3, deterministic=False,
+    log_every=int(1e3), eval_episodes=1, log_images=True, checkpoints=3, deterministic=False,
     nonfinite_patience=10, precision='32', strategy='default',
     # Environment.
     envs=1, parallel='process', action_repeat=2, time_limit=1000, prefill=5000,
@@ -34,7 +34,7 @@ DEFAULTS = dict(
     # World model.
     deter_size=200, stoch_size=30, num_units=400, cnn_depth=32, dense_act='elu',
     cnn_act='relu', pcont=False, free_nats=3.0, free_nats_per_step=False,
-    kl_scale=1.0, pcont_scale=10.0,
+    kl_scale=1.0, pcont_scale=10.0, batch_noise='independent',
     # Optimisation and data.
     batch_size=50, batch_length=50, train_every=1000, train_steps=100, pretrain=100,
     model_lr=6e-4, value_lr=8e-5, actor_lr=8e-5, adam_epsilon=1e-7, grad_clip=100.0,
@@ -56,10 +56,18 @@ PRESETS = dict(
     # Sized for 2 CPU cores: 1e5 env steps in about 75 minutes, the paper's
     # schedule ratios, latent sizes and horizon kept (README, Learning check).
     cpu=dict(cnn_depth=16, num_units=200, batch_size=10),
+    # The behaviour of the authors' TF2 code, behind the published curves (README,
+    # Code behind the published curves): one RSSM noise vector per step for the
+    # whole batch (SPEC 3), and a first training phase of 101 updates (their
+    # constructor trains once to build the optimiser, then pretrains 100).
+    tf2_code=dict(batch_noise='shared', pretrain=101),
+    # The authors' TF1 code, behind the paper's numbers: free nats clipped per step
+    # (SPEC 3) and Adam epsilon 1e-4 (SPEC 6).
+    tf1_code=dict(free_nats_per_step=True, adam_epsilon=1e-4),
 )
 
 CHOICES = dict(
-    precision=('32', '16', 'bf16'), strategy=('default', 'mirrored', 'multi_worker'),
+    precision=('32', '16', 'bf16'), batch_noise=('independent', 'shared'), strategy=('default', 'mirrored', 'multi_worker'),
     parallel=('none', 'thread', 'process'), clip_rewards=('none', 'tanh'),
     dense_act=('elu', 'relu'), cnn_act=('relu', 'elu'),
     action_dist=('tanh_normal', 'onehot'),
@@ -75,7 +83,7 @@ class Dreamer(tf.Module):
     c = self._c = config
     self._strategy = tf.distribute.get_strategy()
     self.encoder = models.ConvEncoder(c.cnn_depth, c.cnn_act)
-    self.dynamics = models.RSSM(c.stoch_size, c.deter_size, c.deter_size, c.dense_act)
+    self.dynamics = models.RSSM(c.stoch_size, c.deter_size, c.deter_size, c.dense_act, batch_noise=c.batch_noise)
     self.decoder = models.ConvDecoder(c.cnn_depth, c.cnn_act)
     self.reward = models.DenseHead((), 2, c.num_units, 'normal', c.dense_act)
     self.pcont = models.DenseHead((), 3, c.num_units, 'binary', c.dense_act) if c.pcont else None
@@ -113,11 +121,12 @@ class Dreamer(tf.Module):
       pairs.append((self.value_opt, [self.value]))
     return [(opt, [v for m in filter(None, mods) for v in m.trainable_variables]) for opt, mods in pairs]
 
-  def _train(self, data):
+  def _train(self, data, noise=None):
     """One update of the world model, actor and value from one (distributed) batch:
     every replica computes gradients of its share, they are summed across replicas,
-    then each optimiser applies them unless they are not finite (SPEC 6)."""
-    grads, metrics = self._strategy.run(self._gradients, (data,))
+    then each optimiser applies them unless they are not finite (SPEC 6). `noise`,
+    if given, holds every standard-normal draw of the step (see `_gradients`)."""
+    grads, metrics = self._strategy.run(self._gradients, (data, noise))
     metrics = {k: self._strategy.reduce('mean', v, axis=None) for k, v in metrics.items()}
     for opt, variables in self._optimizers():
       # The loss-scale optimiser (float16) skips non-finite steps itself and lowers its scale.
@@ -127,15 +136,17 @@ class Dreamer(tf.Module):
     metrics.update({f'{opt.name}_loss_scale': opt.loss_scale() for opt, _ in self._optimizers() if opt.loss_scaling})
     return metrics
 
-  def _gradients(self, data):
+  def _gradients(self, data, noise=None):
     """Losses and replica-summed gradients; all forward passes use the weights
     before the update. Imagination starts from stopped states, so the world-model
-    tape can be released before it."""
+    tape can be released before it. `noise`: None to draw every sample here, or
+    dict(observe=, imagine=) of draws for `_model_loss` and `_imagine_ahead`."""
+    noise = noise or {}
     data = self.preprocess(data)
     (model_opt, model_vars), (actor_opt, actor_vars), *value = self._optimizers()
     grads = {}
     with tf.GradientTape() as tape:
-      model_loss, post, metrics = self._model_loss(data)
+      model_loss, post, metrics = self._model_loss(data, noise.get('observe'))
     metrics['model_grad_norm'], metrics['model_skipped'], grads['model'] = model_opt.gradients(tape, model_loss, model_vars)
     # A graph runs independent work in any order: start imagination only once the
     # world-model backward pass has freed its activations, or both peak together.
@@ -148,7 +159,7 @@ class Dreamer(tf.Module):
     value_opt, value_vars = value[0] if value else (None, [])
     with tf.GradientTape() as actor_tape, tf.GradientTape(watch_accessed_variables=False) as value_tape:
       value_tape.watch(value_vars)
-      imag_feat = self._imagine_ahead(post)
+      imag_feat = self._imagine_ahead(post, noise.get('imagine'))
       actor_loss, value_loss, behaviour_metrics = self._behaviour_losses(imag_feat)
     metrics['actor_grad_norm'], metrics['actor_skipped'], grads['actor'] = actor_opt.gradients(actor_tape, actor_loss, actor_vars)
     if value:
@@ -157,11 +168,11 @@ class Dreamer(tf.Module):
     metrics.update(behaviour_metrics, model_loss=model_loss, actor_loss=actor_loss)
     return grads, metrics
 
-  def _model_loss(self, data):
-    """World-model loss (SPEC 3)."""
+  def _model_loss(self, data, noise=None):
+    """World-model loss (SPEC 3); `noise` as for `RSSM.observe`."""
     c = self._c
     embed = self.encoder(data['image'])
-    post, prior = self.dynamics.observe(embed, data['action'])
+    post, prior = self.dynamics.observe(embed, data['action'], noise=noise)
     feat = self.dynamics.get_feat(post)
     likes = dict(
         image=tf.reduce_mean(self.decoder(feat).log_prob(data['image'])),
@@ -184,19 +195,22 @@ class Dreamer(tf.Module):
         post_ent=tf.reduce_mean(post_dist.entropy()))
     return model_loss, post, metrics
 
-  def _imagine_ahead(self, post):
-    """Features [H, N, F] of H imagined steps from every posterior state (SPEC 4)."""
+  def _imagine_ahead(self, post, noise=None):
+    """Features [H, N, F] of H imagined steps from every posterior state (SPEC 4).
+    `noise`, if given, is dict(stoch=[H, N, stoch], action=[H, N, A]): the
+    standard-normal draws of the imagined states and of the actor's samples."""
     c = self._c
     if self.pcont:  # The last step may be terminal.
       post = {k: v[:, :-1] for k, v in post.items()}
     flatten = lambda x: tf.reshape(x, [-1] + x.shape[2:].as_list())
     start = {k: flatten(tf.stop_gradient(v)) for k, v in post.items()}
 
-    def step(prev, _):
+    def step(prev, x):
       feat = tf.stop_gradient(self.dynamics.get_feat(prev))
-      return self.dynamics.img_step(prev, self.actor(feat).sample())
+      action = self.actor(feat).sample(noise=x.get('action'))
+      return self.dynamics.img_step(prev, action, x.get('stoch'))
 
-    states = tf.scan(step, tf.range(c.horizon), start)
+    states = tf.scan(step, dict(step=tf.range(c.horizon), **(noise or {})), start)
     return self.dynamics.get_feat(states)
 
   def _behaviour_losses(self, imag_feat):
@@ -242,7 +256,8 @@ class Dreamer(tf.Module):
     latent, _ = self.dynamics.obs_step(latent, action, embed)
     dist = self.actor(self.dynamics.get_feat(latent))
     action = tf.cond(sample, dist.sample, dist.mode)
-    action = self._explore(action, amount)
+    # No exploration at amount 0: evaluation adds noise only with --eval_noise > 0.
+    action = tf.cond(amount > 0, lambda: self._explore(action, amount), lambda: action)
     return action, (latent, action)
 
   def _explore(self, action, amount):
@@ -375,9 +390,10 @@ def main(config):
     if restored:
       print(f'Resumed from {restored} at step {step}.')
 
-    def due(name, every):
-      if step // every > done_period[name]:
-        done_period[name].assign(step // every)
+    def due(name, every, start=0):
+      period = (step - start) // every
+      if period > done_period[name]:
+        done_period[name].assign(period)
         return True
       return False
 
@@ -386,22 +402,23 @@ def main(config):
     dataset = tools.make_dataset(episodes, config.batch_size, config.batch_length, config.dataset_balance, config.seed)
     dataset = iter(strategy.experimental_distribute_dataset(dataset))
     trainer = Trainer(agent, dataset, config.nonfinite_patience)
-    while True:
+    while step < config.steps:
       logger.step = step
-      if due('eval', config.eval_every):
-        test_episodes.clear()
-        wrappers.simulate(Policy(agent, False, config.eval_noise), test_envs, episodes=1, callbacks=test_callbacks)
-        if config.log_images:
-          logger.video('test/policy', test_episodes[0]['image'])
-      if step >= config.steps:
-        checkpoints.save()  # Records the final evaluation, so a rerun does not repeat it.
-        break
       log = due('log', config.log_every)
       updates = config.pretrain if int(agent.updates.numpy()) == 0 else config.train_steps
       trainer.train(updates, logger if log else None, config.log_images)
+      # As in the authors' code, evaluate after this step's training, at prefill +
+      # k * eval_every env steps: the published curves' grid.
+      evaluate = due('eval', config.eval_every, config.prefill)
+      if evaluate:
+        test_episodes.clear()
+        wrappers.simulate(Policy(agent, False, config.eval_noise), test_envs, episodes=config.eval_episodes, callbacks=test_callbacks)
+        if config.log_images:
+          logger.video('test/policy', test_episodes[0]['image'])
       amount = exploration_amount(config, step)
       if log:
         logger.scalar('train/expl_amount', amount)
+      if log or evaluate:
         logger.write()
       collect = min(config.train_every, config.steps - step)  # Do not overshoot the budget.
       env_state = wrappers.simulate(
@@ -499,7 +516,7 @@ def validate(config):
     wrappers.check_task(config.task)
   except ValueError as e:
     return str(e)
-  sizes = ('steps', 'eval_every', 'log_every', 'envs', 'action_repeat', 'time_limit', 'deter_size', 'stoch_size', 'num_units', 'cnn_depth', 'batch_size', 'batch_length', 'train_every', 'horizon', 'checkpoints', 'nonfinite_patience')
+  sizes = ('steps', 'eval_every', 'eval_episodes', 'log_every', 'envs', 'action_repeat', 'time_limit', 'deter_size', 'stoch_size', 'num_units', 'cnn_depth', 'batch_size', 'batch_length', 'train_every', 'horizon', 'checkpoints', 'nonfinite_patience')
   for key in sizes:
     if getattr(config, key) <= 0:
       return f'--{key} must be positive, got {getattr(config, key)}.'

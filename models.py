@@ -30,13 +30,14 @@ def as_float32(x):
 class RSSM(Module):
   """Recurrent state-space model: state = dict(mean, std, stoch, deter) (SPEC 3)."""
 
-  def __init__(self, stoch=30, deter=200, hidden=200, act='elu', min_std=0.1):
+  def __init__(self, stoch=30, deter=200, hidden=200, act='elu', min_std=0.1, batch_noise='independent'):
     super().__init__()
     self._stoch = stoch
     self._deter = deter
     self._hidden = hidden
     self._act = act
     self._min_std = min_std
+    self._batch_noise = batch_noise
     self._cell = keras.layers.GRUCell(deter)
 
   def initial(self, batch_size):
@@ -45,15 +46,16 @@ class RSSM(Module):
     return dict(mean=zeros(self._stoch), std=zeros(self._stoch),
                 stoch=zeros(self._stoch), deter=zeros(self._deter))
 
-  def observe(self, embed, action, state=None):
+  def observe(self, embed, action, state=None, noise=None):
     """Posterior and prior states [B, T, ...] of a sequence; action[:, t] led to
-    the observation embedded in embed[:, t] (SPEC 7 alignment)."""
+    the observation embedded in embed[:, t] (SPEC 7 alignment). `noise`, if given,
+    is dict(prior=, post=) of the standard-normal draws [B, T, stoch] to use."""
     if state is None:
       state = self.initial(tf.shape(action)[0])
-    embed, action = swap(embed), swap(action)
+    inputs = tf.nest.map_structure(swap, dict(action=action, embed=embed, noise=noise or {}))
     post, prior = tf.scan(
-        lambda prev, inputs: self.obs_step(prev[0], *inputs),
-        (action, embed), (state, state))
+        lambda prev, x: self.obs_step(prev[0], x['action'], x['embed'], x['noise']),
+        inputs, (state, state))
     return tf.nest.map_structure(swap, post), tf.nest.map_structure(swap, prior)
 
   def imagine(self, action, state=None):
@@ -69,30 +71,43 @@ class RSSM(Module):
   def get_dist(self, state):
     return tfd.MultivariateNormalDiag(as_float32(state['mean']), as_float32(state['std']))
 
-  def obs_step(self, prev_state, prev_action, embed):
-    prior = self.img_step(prev_state, prev_action)
+  def obs_step(self, prev_state, prev_action, embed, noise=None):
+    """`noise`: optional dict(prior=, post=) of standard-normal draws [B, stoch]."""
+    noise = noise or {}
+    prior = self.img_step(prev_state, prev_action, noise.get('prior'))
     x = tf.concat([prior['deter'], embed], -1)
     x = self.get('obs1', keras.layers.Dense, self._hidden, self._act)(x)
-    post = self._stoch_state(self.get('obs2', keras.layers.Dense, 2 * self._stoch)(x))
+    post = self._stoch_state(self.get('obs2', keras.layers.Dense, 2 * self._stoch)(x), noise.get('post'))
     post['deter'] = prior['deter']
     return post, prior
 
-  def img_step(self, prev_state, prev_action):
+  def img_step(self, prev_state, prev_action, noise=None):
     prev_action = tf.cast(prev_action, prev_state['stoch'].dtype)
     x = tf.concat([prev_state['stoch'], prev_action], -1)
     x = self.get('img1', keras.layers.Dense, self._hidden, self._act)(x)
     _, (deter,) = self._cell(x, [prev_state['deter']])
     x = self.get('img2', keras.layers.Dense, self._hidden, self._act)(deter)
-    prior = self._stoch_state(self.get('img3', keras.layers.Dense, 2 * self._stoch)(x))
+    prior = self._stoch_state(self.get('img3', keras.layers.Dense, 2 * self._stoch)(x), noise)
     prior['deter'] = deter
     return prior
 
-  def _stoch_state(self, x):
+  def _stoch_state(self, x, noise=None):
+    """Reparameterized sample mean + std * noise; the noise is drawn here unless given."""
     mean, std = tf.split(x, 2, -1)
     std = tf.nn.softplus(std) + self._min_std
-    # Reparameterized, with independent noise for every batch element (SPEC 3).
-    stoch = mean + std * tf.random.normal(tf.shape(mean), dtype=mean.dtype)
+    if noise is None:
+      noise = self.noise(tf.shape(mean), mean.dtype)
+    stoch = mean + std * tf.cast(noise, mean.dtype)
     return dict(mean=mean, std=std, stoch=stoch)
+
+  def noise(self, shape, dtype=tf.float32):
+    """Standard-normal draws of `shape` [B, ...] for the stochastic state: independent
+    for every batch element (SPEC 3), or with batch_noise 'shared' one vector that
+    every batch element uses, as the authors' TF2 code drew it (issue 15)."""
+    if self._batch_noise == 'independent':
+      return tf.random.normal(shape, dtype=dtype)
+    shared = tf.random.normal(tf.concat([[1], shape[1:]], 0), dtype=dtype)
+    return tf.broadcast_to(shared, shape)
 
 
 def swap(x):

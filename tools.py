@@ -239,6 +239,16 @@ class SampleDist:
   def __getattr__(self, name):
     return getattr(self._dist, name)
 
+  def sample(self, sample_shape=(), seed=None, noise=None):
+    """A reparameterized sample. `noise`, standard-normal draws of the batch and
+    event shape, replaces the sampler's own: for the tanh-Normal it is
+    tanh(mean + std * noise) (SPEC 5)."""
+    if noise is None:
+      return self._dist.sample(sample_shape, seed)
+    transformed = self._dist.distribution  # Independent(TransformedDistribution(Normal)).
+    normal = transformed.distribution
+    return transformed.bijector.forward(normal.loc + normal.scale * noise)
+
   def mean(self):
     return tf.reduce_mean(self._dist.sample(self._samples), 0)
 
@@ -288,7 +298,9 @@ class OneHotDist(tfd.OneHotCategorical):
   def mode(self):
     return tf.one_hot(tf.argmax(self.logits_parameter(), -1), self.event_shape[-1])
 
-  def sample(self, sample_shape=(), seed=None):
+  def sample(self, sample_shape=(), seed=None, noise=None):
+    if noise is not None:
+      raise ValueError('Given sampling noise applies to the tanh_normal actor only; the one-hot actor draws its own.')
     sample = super().sample(sample_shape, seed)
     probs = self.probs_parameter()
     return sample + probs - tf.stop_gradient(probs)

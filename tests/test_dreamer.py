@@ -210,6 +210,41 @@ def test_pcont_head_is_trained_and_drops_last_start_state():
   assert np.isfinite(float(agent.train(random_batch(config))['model_loss']))
 
 
+def test_shared_batch_noise_shares_imagined_state_noise_but_not_the_actors():
+  config = tiny_config('--batch_noise', 'shared')
+  agent = dreamer.Dreamer(config, 2)
+  data = agent.preprocess(random_batch(config))
+  _, post, _ = agent._model_loss(data)
+  same = {k: tf.repeat(v[:1, :1], 3, 0) for k, v in post.items()}  # Three equal start states.
+  feat = agent._imagine_ahead(same).numpy()
+  stoch = feat[..., :config.stoch_size]
+  assert not np.allclose(stoch[:, 0], stoch[:, 1])  # The actions differ, so do the states after them.
+  prior = agent.dynamics.img_step({k: v[:, 0] for k, v in same.items()}, tf.zeros([3, 2]))
+  noise = ((prior['stoch'] - prior['mean']) / prior['std']).numpy()
+  np.testing.assert_allclose(noise[1:], np.broadcast_to(noise[:1], noise[1:].shape), atol=1e-5)
+  actions = agent.actor(agent.dynamics.get_feat({k: v[:, 0] for k, v in same.items()})).sample().numpy()
+  assert not np.allclose(actions[0], actions[1])
+  assert np.isfinite(float(agent.train(random_batch(config))['model_loss']))
+
+
+def test_train_step_with_given_noise_is_reproducible_and_depends_on_it():
+  config = tiny_config()
+  agent = dreamer.Dreamer(config, 2)
+  batch = random_batch(config)
+  rng = np.random.default_rng(3)
+  b, t, n, s = config.batch_size, config.batch_length, config.batch_size * config.batch_length, config.stoch_size
+  normal = lambda *shape: rng.normal(size=shape).astype(np.float32)
+  noise = dict(observe=dict(prior=normal(b, t, s), post=normal(b, t, s)),
+               imagine=dict(stoch=normal(config.horizon, n, s), action=normal(config.horizon, n, 2)))
+  losses = lambda noise: {k: float(v) for k, v in agent._gradients(batch, noise)[1].items() if k.endswith('_loss')}
+  first = losses(noise)
+  tf.random.set_seed(123)  # The stored draws, not the global seed, decide the losses.
+  assert losses(noise) == first
+  noise['imagine']['action'][0, 0, 0] += 1.0
+  changed = losses(noise)
+  assert changed['model_loss'] == first['model_loss'] and changed['actor_loss'] != first['actor_loss']
+
+
 def reference_train(agent, config, batch):
   """The straightforward formulation of one update, as in the authors' code:
   Python-unrolled loops and a separate tape per loss, all updates at the end.

@@ -39,8 +39,8 @@ def test_debug_run_writes_everything_and_resumes(tmp_path):
   assert any('train/model_loss' in row for row in rows)
   assert all(np.isfinite(v) for row in rows for v in row.values())
   assert list(logdir.glob('events.out.tfevents.*'))
-  # One per collection phase (2) and one after the final evaluation.
-  assert sorted(f.name for f in (logdir / 'checkpoints').iterdir()) == ['ckpt-1', 'ckpt-2', 'ckpt-3']
+  # One per collection phase.
+  assert sorted(f.name for f in (logdir / 'checkpoints').iterdir()) == ['ckpt-1', 'ckpt-2']
   assert list((logdir / 'videos').glob('test_policy_*.gif'))
   assert list((logdir / 'videos').glob('train_openloop_*.gif'))
   config = json.loads((logdir / 'config.json').read_text())
@@ -52,6 +52,11 @@ def test_debug_run_writes_everything_and_resumes(tmp_path):
   assert len(list((logdir / 'episodes').glob('*.npz'))) == 8
   updates = [row['train/updates'] for row in metrics(logdir) if 'train/updates' in row]
   assert updates == sorted(updates) and updates[-1] > updates[0]
+  # The published grid: prefill + k * eval_every (200, 600), each after that
+  # step's training phase (pretrain 5, then 3 per phase of 200 env steps).
+  tests = {row['step']: row for row in metrics(logdir) if 'test/return' in row}
+  assert sorted(tests) == [200, 600]
+  assert [tests[s]['train/updates'] for s in (200, 600)] == [5, 5 + 2 * 3]
 
 
 def test_two_process_envs_each_write_episodes_and_steps_add_up(tmp_path):

@@ -56,6 +56,30 @@ def test_rssm_samples_have_independent_noise_per_batch_element():
   assert not np.allclose(noise[0], noise[1])
 
 
+def test_rssm_shared_batch_noise_gives_equal_samples_for_equal_inputs_and_new_noise_each_step():
+  rssm = models.RSSM(stoch=5, deter=7, hidden=9, batch_noise='shared')
+  embed = np.zeros((4, 3, 11), np.float32)  # Identical inputs for every element.
+  post, prior = observe(rssm, embed, np.zeros((4, 3, 2), np.float32))
+  for state in (post, prior):
+    noise = ((state['stoch'] - state['mean']) / state['std']).numpy()
+    np.testing.assert_allclose(noise[1:], np.broadcast_to(noise[:1], noise[1:].shape), atol=1e-5)
+    assert not np.allclose(noise[0, 0], noise[0, 1])  # A new vector at every step.
+  assert not np.allclose(post['stoch'][0, 0], prior['stoch'][0, 0])  # Prior and posterior draw apart.
+
+
+def test_rssm_uses_given_noise_exactly():
+  rssm = models.RSSM(stoch=5, deter=7, hidden=9)
+  embed, action = sequences(3, 4)
+  rng = np.random.default_rng(1)
+  noise = {k: rng.normal(size=(3, 4, 5)).astype(np.float32) for k in ('prior', 'post')}
+  post, prior = rssm.observe(tf.constant(embed), tf.constant(action), noise=noise)
+  for key, state in (('post', post), ('prior', prior)):
+    expected = state['mean'].numpy() + state['std'].numpy() * noise[key]
+    np.testing.assert_allclose(state['stoch'].numpy(), expected, rtol=1e-6, atol=1e-6)
+  again, _ = rssm.observe(tf.constant(embed), tf.constant(action), noise=noise)
+  np.testing.assert_array_equal(post['stoch'].numpy(), again['stoch'].numpy())
+
+
 def test_encoder_and_decoder_shapes():
   encoder = models.ConvEncoder(depth=32)
   embed = encoder(tf.zeros([2, 3, 64, 64, 3]))

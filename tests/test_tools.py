@@ -107,6 +107,13 @@ def test_tanh_normal_entropy_estimate_matches_numerical_integral():
   assert np.mean(estimates) == pytest.approx(exact, abs=0.05)
 
 
+def test_tanh_normal_sample_with_given_noise_is_tanh_of_mean_plus_std_times_noise():
+  mean, std = np.array([[0.3, -2.0]], np.float32), np.array([[0.5, 1.5]], np.float32)
+  dist = tanh_normal(mean, std)
+  noise = np.array([[1.2, -0.4]], np.float32)
+  np.testing.assert_allclose(dist.sample(noise=noise).numpy(), np.tanh(mean + std * noise), rtol=1e-6)
+
+
 def test_unit_normal_log_prob_and_gradients_are_analytic():
   rng = np.random.default_rng(0)
   loc, x = rng.normal(size=(2, 3, 4, 5, 3)), rng.normal(size=(2, 3, 4, 5, 3))
