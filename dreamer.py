@@ -9,6 +9,7 @@ import json
 import os
 import pathlib
 import random
+import subprocess
 import sys
 import tempfile
 
@@ -25,7 +26,7 @@ import wrappers
 # Every setting with its default (SPEC 2-8). The command line is generated from it.
 DEFAULTS = dict(
     # Run.
-    logdir='', task='dmc_walker_walk', seed=0, steps=int(5e6), eval_every=int(1e4),
+    logdir='', mode='train', task='dmc_walker_walk', seed=0, steps=int(5e6), eval_every=int(1e4),
     log_every=int(1e3), eval_episodes=1, log_images=True, checkpoints=3, deterministic=False,
     nonfinite_patience=10, precision='32', strategy='default',
     # Environment.
@@ -67,7 +68,7 @@ PRESETS = dict(
 )
 
 CHOICES = dict(
-    precision=('32', '16', 'bf16'), batch_noise=('independent', 'shared'), strategy=('default', 'mirrored', 'multi_worker'),
+    mode=('train', 'eval'), precision=('32', '16', 'bf16'), batch_noise=('independent', 'shared'), strategy=('default', 'mirrored', 'multi_worker'),
     parallel=('none', 'thread', 'process'), clip_rewards=('none', 'tanh'),
     dense_act=('elu', 'relu'), cnn_act=('relu', 'elu'),
     action_dist=('tanh_normal', 'onehot'),
@@ -349,7 +350,56 @@ def seed_everything(config):
     tf.config.experimental.enable_op_determinism()
 
 
+def checkpointed(agent):
+  """The checkpoint of a run: the agent, the env step it was saved at, and the
+  last eval_every / log_every period that ran (so a resumed run keeps its schedule)."""
+  counters = dict(step=tf.Variable(0, dtype=tf.int64), eval=tf.Variable(-1, dtype=tf.int64), log=tf.Variable(-1, dtype=tf.int64))
+  return tf.train.Checkpoint(agent=agent, **counters), counters
+
+
+def commit():
+  """The git commit of this code, with '+changes' if the checkout is modified."""
+  root = pathlib.Path(__file__).resolve().parent
+  try:
+    head = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root, capture_output=True, text=True, timeout=10)
+    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=root, capture_output=True, text=True, timeout=10)
+  except OSError:
+    return 'unknown'
+  if head.returncode:
+    return 'unknown'
+  return head.stdout.strip() + ('+changes' if dirty.stdout.strip() else '')
+
+
+def evaluate(config):
+  """--mode eval: noise-free episodes with the newest checkpoint's weights. Nothing
+  is trained, and nothing is added to the run's episodes or metrics."""
+  logdir = pathlib.Path(config.logdir).expanduser()
+  seed_everything(config)
+  setup_devices(config)
+  envs = make_envs(config, 1, config.seed + 2000)
+  try:
+    agent = Dreamer(config, envs[0].act_space.shape[0])
+    checkpoint, counters = checkpointed(agent)
+    folder = tools.Checkpoints(logdir / 'checkpoints', checkpoint, config.checkpoints).restore()
+    if not folder:
+      raise RunError(f'No checkpoint in {logdir / "checkpoints"} can be restored.')
+    episodes = []
+    print(f'Evaluating {folder} (env step {int(counters["step"].numpy())}) for {config.eval_episodes} episodes.')
+    wrappers.simulate(Policy(agent, False, config.eval_noise), envs, episodes=config.eval_episodes, callbacks=[episodes.append])
+  finally:
+    for env in envs:
+      env.close()
+  returns = [float(episode['reward'].sum()) for episode in episodes]
+  result = dict(returns=returns, mean=float(np.mean(returns)), std=float(np.std(returns)), step=int(counters['step'].numpy()), checkpoint=folder.name)
+  tools.atomic_write(logdir / 'eval.json', lambda f: f.write(json.dumps(result, indent=2).encode()))
+  tools.atomic_write(logdir / 'eval.gif', lambda f: f.write(tools.gif(episodes[0]['image'])))
+  print(f'Return {result["mean"]:.1f} +- {result["std"]:.1f} over {len(returns)} episodes; wrote {logdir / "eval.json"} and {logdir / "eval.gif"}.')
+  return result
+
+
 def main(config):
+  if config.mode == 'eval':
+    return evaluate(config)
   logdir = pathlib.Path(config.logdir).expanduser()
   print('Config:', json.dumps(vars(config)))
   seed_everything(config)
@@ -357,7 +407,8 @@ def main(config):
   if config.batch_size % strategy.num_replicas_in_sync:
     raise RunError(f'--batch_size {config.batch_size} must be a multiple of the {strategy.num_replicas_in_sync} '
                    'replicas the strategy trains on; change --batch_size or the devices.')
-  tools.atomic_write(logdir / 'config.json', lambda f: f.write(json.dumps(vars(config), indent=2).encode()))
+  saved = dict(vars(config), commit=commit())
+  tools.atomic_write(logdir / 'config.json', lambda f: f.write(json.dumps(saved, indent=2).encode()))
   train_dir, test_dir = logdir / 'episodes', logdir / 'test_episodes'
   step = tools.count_steps(train_dir, config.action_repeat)
   logger = tools.Logger(logdir, step)
@@ -383,9 +434,8 @@ def main(config):
       step = tools.count_steps(train_dir, config.action_repeat)
     with strategy.scope():
       agent = Dreamer(config, act_space.shape[0])
-    # Schedules: the last eval_every / log_every period that ran, saved with the weights.
-    done_period = dict(eval=tf.Variable(-1, dtype=tf.int64), log=tf.Variable(-1, dtype=tf.int64))
-    checkpoints = tools.Checkpoints(logdir / 'checkpoints', tf.train.Checkpoint(agent=agent, **done_period), config.checkpoints)
+    checkpoint, done_period = checkpointed(agent)
+    checkpoints = tools.Checkpoints(logdir / 'checkpoints', checkpoint, config.checkpoints)
     restored = checkpoints.restore()
     if restored:
       print(f'Resumed from {restored} at step {step}.')
@@ -409,8 +459,8 @@ def main(config):
       trainer.train(updates, logger if log else None, config.log_images)
       # As in the authors' code, evaluate after this step's training, at prefill +
       # k * eval_every env steps: the published curves' grid.
-      evaluate = due('eval', config.eval_every, config.prefill)
-      if evaluate:
+      test_due = due('eval', config.eval_every, config.prefill)
+      if test_due:
         test_episodes.clear()
         wrappers.simulate(Policy(agent, False, config.eval_noise), test_envs, episodes=config.eval_episodes, callbacks=test_callbacks)
         if config.log_images:
@@ -418,13 +468,14 @@ def main(config):
       amount = exploration_amount(config, step)
       if log:
         logger.scalar('train/expl_amount', amount)
-      if log or evaluate:
+      if log or test_due:
         logger.write()
       collect = min(config.train_every, config.steps - step)  # Do not overshoot the budget.
       env_state = wrappers.simulate(
           Policy(agent, True, amount), train_envs, steps=agent_steps(config, collect),
           state=env_state, callbacks=train_callbacks)
       step = tools.count_steps(train_dir, config.action_repeat)
+      done_period['step'].assign(step)
       checkpoints.save()
     logger.write()
   finally:
@@ -494,7 +545,14 @@ def parse_args(argv=None):
   presets = argparse.ArgumentParser(add_help=False)
   presets.add_argument('--configs', nargs='+', default=[], choices=sorted(PRESETS))
   known, _ = presets.parse_known_args(argv)
+  run = argparse.ArgumentParser(add_help=False)
+  run.add_argument('--mode', default=DEFAULTS['mode'])
+  run.add_argument('--logdir', default=DEFAULTS['logdir'])
+  where, _ = run.parse_known_args(argv)
   defaults = dict(DEFAULTS)
+  if where.mode == 'eval':  # The run's own settings; flags given now still win.
+    saved = saved_config(where.logdir) or {}
+    defaults.update({k: v for k, v in saved.items() if k in DEFAULTS and k not in ('mode', 'logdir')})
   for name in known.configs:
     defaults.update(PRESETS[name])
   parser = argparse.ArgumentParser(description=__doc__, parents=[presets], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -508,10 +566,23 @@ def parse_args(argv=None):
   return config
 
 
+def saved_config(logdir):
+  """The settings saved in a run's config.json, or None if it has none."""
+  path = pathlib.Path(logdir).expanduser() / 'config.json'
+  try:
+    return json.loads(path.read_text())
+  except (OSError, ValueError):
+    return None
+
+
 def validate(config):
   """The first problem with the configuration, as one sentence, or None."""
   if not config.logdir:
     return 'Set --logdir, the folder for episodes, checkpoints and logs.'
+  if config.mode == 'eval' and not saved_config(config.logdir):
+    return f'--mode eval needs a trained run, but {config.logdir} holds no readable config.json.'
+  if config.mode == 'eval' and not tools.Checkpoints(pathlib.Path(config.logdir).expanduser() / 'checkpoints', None, 1).saved():
+    return f'{config.logdir} holds no checkpoint to evaluate yet; train it first (--mode train).'
   try:
     wrappers.check_task(config.task)
   except ValueError as e:

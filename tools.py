@@ -358,6 +358,11 @@ class Optimizer(tf.Module):
 
 # Logging.
 
+def gif(frames):
+  """uint8 frames [T, H, W, C] as an animated GIF at 25 frames per second."""
+  return iio.imwrite('<bytes>', frames, extension='.gif', duration=40, loop=0)
+
+
 class Logger:
   """Scalars to TensorBoard, `metrics.jsonl` and the console; GIFs to TensorBoard
   and `videos/`. Values are averaged between writes."""
@@ -401,7 +406,7 @@ class Logger:
   def _write_gif(self, name, frames):
     folder = self._logdir / 'videos'
     folder.mkdir(exist_ok=True)
-    data = iio.imwrite('<bytes>', frames, extension='.gif', duration=40, loop=0)
+    data = gif(frames)
     (folder / f'{name.replace("/", "_")}_{self.step}.gif').write_bytes(data)
     # TensorBoard shows an animated GIF stored as an encoded image summary.
     image = summary_pb2.Summary.Image(

@@ -58,6 +58,27 @@ def test_debug_run_writes_everything_and_resumes(tmp_path):
   assert sorted(tests) == [200, 600]
   assert [tests[s]['train/updates'] for s in (200, 600)] == [5, 5 + 2 * 3]
 
+  # Evaluation mode: the saved settings, the newest checkpoint, nothing added to the run.
+  before = (sorted((logdir / 'episodes').iterdir()), (logdir / 'metrics.jsonl').read_text())
+  command = [sys.executable, str(ROOT / 'dreamer.py'), '--logdir', str(logdir), '--mode', 'eval', '--eval_episodes', '2']
+  evaluation = subprocess.run(command, capture_output=True, text=True, timeout=600)
+  assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+  result = json.loads((logdir / 'eval.json').read_text())
+  assert len(result['returns']) == 2 and all(np.isfinite(result['returns']))
+  assert result['mean'] == pytest.approx(np.mean(result['returns'])) and result['std'] == pytest.approx(np.std(result['returns']))
+  assert result['step'] == 800 and (logdir / 'eval.gif').read_bytes()[:6] == b'GIF89a'
+  assert f'{result["mean"]:.1f}' in evaluation.stdout
+  assert (sorted((logdir / 'episodes').iterdir()), (logdir / 'metrics.jsonl').read_text()) == before
+  assert json.loads((logdir / 'config.json').read_text())['commit']
+
+
+def test_eval_mode_without_checkpoint_is_one_clear_error_with_exit_code_2(tmp_path):
+  (tmp_path / 'config.json').write_text(json.dumps({'task': 'dmc_cartpole_balance'}))
+  command = [sys.executable, str(ROOT / 'dreamer.py'), '--logdir', str(tmp_path), '--mode', 'eval']
+  result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 2
+  assert 'holds no checkpoint to evaluate yet; train it first' in result.stderr
+
 
 def test_two_process_envs_each_write_episodes_and_steps_add_up(tmp_path):
   logdir = tmp_path / 'run'
