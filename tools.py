@@ -105,7 +105,8 @@ class StoredEpisode:
     self.length = len(image)
     self._chunk = chunk
     self._frame = image.shape[1:]
-    self._chunks = [zlib.compress(image[i: i + chunk].tobytes(), LEVEL) for i in range(0, len(image), chunk)]
+    image = np.ascontiguousarray(image)  # Chunks compressed from views, without copies.
+    self._chunks = [zlib.compress(image[i: i + chunk], LEVEL) for i in range(0, len(image), chunk)]
     self._arrays = {key: value for key, value in episode.items() if key != 'image'}
 
   def nbytes(self):
