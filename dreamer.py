@@ -27,7 +27,8 @@ import wrappers
 DEFAULTS = dict(
     # Run.
     logdir='', mode='train', task='dmc_walker_walk', seed=0, steps=int(5e6), eval_every=int(1e4),
-    log_every=int(1e3), eval_episodes=1, log_images=True, checkpoints=3, deterministic=False,
+    log_every=int(1e3), eval_episodes=1, log_images=True, video_every=int(5e4), checkpoints=3,
+    deterministic=False,
     nonfinite_patience=10, precision='32', strategy='default',
     # Environment.
     envs=1, parallel='process', action_repeat=2, time_limit=1000, prefill=5000,
@@ -40,7 +41,6 @@ DEFAULTS = dict(
     batch_size=50, batch_length=50, train_every=1000, train_steps=100, pretrain=100,
     model_lr=6e-4, value_lr=8e-5, actor_lr=8e-5, adam_epsilon=1e-7, grad_clip=100.0,
     weight_decay=0.0, weight_decay_pattern=r'.*', dataset_balance=False,
-    dataset_size=0,
     # Behaviour.
     discount=0.99, disclam=0.95, horizon=15, use_value=True,
     action_dist='tanh_normal', action_init_std=5.0, expl='additive_gaussian',
@@ -350,11 +350,12 @@ def seed_everything(config):
     tf.config.experimental.enable_op_determinism()
 
 
-def checkpointed(agent):
-  """The checkpoint of a run: the agent, the env step it was saved at, and the
-  last eval_every / log_every period that ran (so a resumed run keeps its schedule)."""
-  counters = dict(step=tf.Variable(0, dtype=tf.int64), eval=tf.Variable(-1, dtype=tf.int64), log=tf.Variable(-1, dtype=tf.int64))
-  return tf.train.Checkpoint(agent=agent, **counters), counters
+def run_checkpoints(logdir, agent, keep):
+  """The checkpoints of a run and their counters: the env step each was saved at
+  and the last period of each schedule that ran (so a resumed run keeps its
+  schedules). Checkpoints of older versions may lack some counters."""
+  counters = {name: tf.Variable(-1, dtype=tf.int64) for name in ('step', 'eval', 'log', 'openloop_video', 'policy_video')}
+  return tools.Checkpoints(pathlib.Path(logdir) / 'checkpoints', dict(agent=agent, **counters), keep, optional=counters), counters
 
 
 def commit():
@@ -379,8 +380,8 @@ def evaluate(config):
   envs = make_envs(config, 1, config.seed + 2000)
   try:
     agent = Dreamer(config, envs[0].act_space.shape[0])
-    checkpoint, counters = checkpointed(agent)
-    folder = tools.Checkpoints(logdir / 'checkpoints', checkpoint, config.checkpoints).restore()
+    checkpoints, counters = run_checkpoints(logdir, agent, config.checkpoints)
+    folder = checkpoints.restore()
     if not folder:
       raise RunError(f'No checkpoint in {logdir / "checkpoints"} can be restored.')
     episodes = []
@@ -407,8 +408,8 @@ def main(config):
   if config.batch_size % strategy.num_replicas_in_sync:
     raise RunError(f'--batch_size {config.batch_size} must be a multiple of the {strategy.num_replicas_in_sync} '
                    'replicas the strategy trains on; change --batch_size or the devices.')
-  saved = dict(vars(config), commit=commit())
-  tools.atomic_write(logdir / 'config.json', lambda f: f.write(json.dumps(saved, indent=2).encode()))
+  settings = dict(vars(config), commit=commit())
+  tools.atomic_write(logdir / 'config.json', lambda f: f.write(json.dumps(settings, indent=2).encode()))
   train_dir, test_dir = logdir / 'episodes', logdir / 'test_episodes'
   step = tools.count_steps(train_dir, config.action_repeat)
   logger = tools.Logger(logdir, step)
@@ -434,8 +435,7 @@ def main(config):
       step = tools.count_steps(train_dir, config.action_repeat)
     with strategy.scope():
       agent = Dreamer(config, act_space.shape[0])
-    checkpoint, done_period = checkpointed(agent)
-    checkpoints = tools.Checkpoints(logdir / 'checkpoints', checkpoint, config.checkpoints)
+    checkpoints, done_period = run_checkpoints(logdir, agent, config.checkpoints)
     restored = checkpoints.restore()
     if restored:
       print(f'Resumed from {restored} at step {step}.')
@@ -447,28 +447,30 @@ def main(config):
         return True
       return False
 
-    # --dataset_size counts env steps; each stored transition is action_repeat of them.
-    episodes = tools.Episodes(train_dir, config.dataset_size and max(1, config.dataset_size // config.action_repeat))
+    episodes = tools.Episodes(train_dir)
     dataset = tools.make_dataset(episodes, config.batch_size, config.batch_length, config.dataset_balance, config.seed)
     dataset = iter(strategy.experimental_distribute_dataset(dataset))
     trainer = Trainer(agent, dataset, config.nonfinite_patience)
     while step < config.steps:
       logger.step = step
       log = due('log', config.log_every)
+      # Videos: the first training phase and evaluation of each video_every period.
+      openloop_video = config.log_images and due('openloop_video', config.video_every, config.prefill)
       updates = config.pretrain if int(agent.updates.numpy()) == 0 else config.train_steps
-      trainer.train(updates, logger if log else None, config.log_images)
+      trainer.train(updates, logger, log, openloop_video)
       # As in the authors' code, evaluate after this step's training, at prefill +
       # k * eval_every env steps: the published curves' grid.
       test_due = due('eval', config.eval_every, config.prefill)
+      policy_video = test_due and config.log_images and due('policy_video', config.video_every, config.prefill)
       if test_due:
         test_episodes.clear()
         wrappers.simulate(Policy(agent, False, config.eval_noise), test_envs, episodes=config.eval_episodes, callbacks=test_callbacks)
-        if config.log_images:
+        if policy_video:
           logger.video('test/policy', test_episodes[0]['image'])
       amount = exploration_amount(config, step)
       if log:
         logger.scalar('train/expl_amount', amount)
-      if log or test_due:
+      if log or test_due or openloop_video:
         logger.write()
       collect = min(config.train_every, config.steps - step)  # Do not overshoot the budget.
       env_state = wrappers.simulate(
@@ -493,17 +495,19 @@ class Trainer:
     self._patience = patience
     self._streak = {}
 
-  def train(self, updates, logger=None, log_images=False):
+  def train(self, updates, logger=None, scalars=False, video=False):
+    """`updates` updates; to `logger` their metrics if `scalars`, the open-loop
+    video of the first batch if `video`."""
     for i in range(updates):
       batch = next(self._dataset)
       metrics = self._agent.train(batch)
       self._check(metrics)
-      if logger:
+      if scalars:
         for name, value in metrics.items():
           logger.scalar(f'train/{name}', value)
-        if i == 0 and log_images:
-          logger.video('train/openloop', self._agent.openloop(batch))
-    if logger:
+      if i == 0 and video:
+        logger.video('train/openloop', self._agent.openloop(batch))
+    if scalars:
       logger.scalar('train/updates', int(self._agent.updates.numpy()), mean=False)
 
   def _check(self, metrics):
@@ -587,7 +591,7 @@ def validate(config):
     wrappers.check_task(config.task)
   except ValueError as e:
     return str(e)
-  sizes = ('steps', 'eval_every', 'eval_episodes', 'log_every', 'envs', 'action_repeat', 'time_limit', 'deter_size', 'stoch_size', 'num_units', 'cnn_depth', 'batch_size', 'batch_length', 'train_every', 'horizon', 'checkpoints', 'nonfinite_patience')
+  sizes = ('steps', 'eval_every', 'eval_episodes', 'log_every', 'video_every', 'envs', 'action_repeat', 'time_limit', 'deter_size', 'stoch_size', 'num_units', 'cnn_depth', 'batch_size', 'batch_length', 'train_every', 'horizon', 'checkpoints', 'nonfinite_patience')
   for key in sizes:
     if getattr(config, key) <= 0:
       return f'--{key} must be positive, got {getattr(config, key)}.'

@@ -80,6 +80,19 @@ def test_eval_mode_without_checkpoint_is_one_clear_error_with_exit_code_2(tmp_pa
   assert 'holds no checkpoint to evaluate yet; train it first' in result.stderr
 
 
+def test_video_every_sets_which_gifs_are_written_to_videos_only(tmp_path):
+  logdir = tmp_path / 'run'
+  run(logdir, '--steps', '800', '--video_every', '200')
+  # Phases at 200, 400, 600 env steps, one video period each ((step - prefill) // 200):
+  # an open-loop video in each, a policy video with each evaluation (200 and 600).
+  names = sorted(f.name for f in (logdir / 'videos').iterdir())
+  assert names == ['test_policy_200.gif', 'test_policy_600.gif', 'train_openloop_200.gif', 'train_openloop_400.gif', 'train_openloop_600.gif']
+  import tensorflow as tf
+  values = [v for f in logdir.glob('events.out.tfevents.*') for e in tf.compat.v1.train.summary_iterator(str(f)) for v in e.summary.value]
+  assert values and not any(v.HasField('image') for v in values)
+  assert {v.metadata.plugin_data.plugin_name for v in values if v.HasField('metadata')} == {'scalars'}
+
+
 def test_two_process_envs_each_write_episodes_and_steps_add_up(tmp_path):
   logdir = tmp_path / 'run'
   run(logdir, '--steps', '600', '--envs', '2', '--log_images', 'False')

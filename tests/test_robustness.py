@@ -38,7 +38,7 @@ def test_atomic_write_killed_midway_leaves_no_partial_file(tmp_path):
 
 def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path):
   variable = tf.Variable(1.0)
-  checkpoints = tools.Checkpoints(tmp_path, tf.train.Checkpoint(v=variable), keep=2)
+  checkpoints = tools.Checkpoints(tmp_path, dict(v=variable), keep=2)
   checkpoints.save()
   variable.assign(2.0)
   checkpoints.save()
@@ -55,7 +55,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path):
 
 def test_checkpoints_ignore_files_that_are_not_numbered_folders(tmp_path):
   variable = tf.Variable(1.0)
-  checkpoints = tools.Checkpoints(tmp_path, tf.train.Checkpoint(v=variable), keep=2)
+  checkpoints = tools.Checkpoints(tmp_path, dict(v=variable), keep=2)
   (tmp_path / 'ckpt-7.index').write_text('another format')
   (tmp_path / 'ckpt-x').mkdir()
   assert checkpoints.save().name == 'ckpt-1'
@@ -63,7 +63,18 @@ def test_checkpoints_ignore_files_that_are_not_numbered_folders(tmp_path):
 
 
 def test_checkpoint_restore_with_none_saved_returns_none(tmp_path):
-  assert tools.Checkpoints(tmp_path, tf.train.Checkpoint(v=tf.Variable(1.0)), keep=2).restore() is None
+  assert tools.Checkpoints(tmp_path, dict(v=tf.Variable(1.0)), keep=2).restore() is None
+
+
+def test_checkpoint_from_before_a_counter_existed_restores_and_the_counter_keeps_its_value(tmp_path):
+  old = tools.Checkpoints(tmp_path, dict(v=tf.Variable(5.0)), keep=2)
+  old.save()
+  variable, counter = tf.Variable(0.0), tf.Variable(-1, dtype=tf.int64)
+  assert tools.Checkpoints(tmp_path, dict(v=variable, step=counter), keep=2, optional=['step']).restore().name == 'ckpt-1'
+  assert float(variable) == 5.0 and int(counter) == -1
+  # A required object missing from every checkpoint: nothing is restored.
+  with pytest.warns(UserWarning, match='ckpt-1 cannot be restored'):
+    assert tools.Checkpoints(tmp_path, dict(v=variable, w=tf.Variable(1.0)), keep=2).restore() is None
 
 
 def metrics(logdir):

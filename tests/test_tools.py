@@ -1,8 +1,12 @@
+import gc
 import pathlib
+import tracemalloc
 import warnings
+import zlib
 
 import numpy as np
 import pytest
+import scipy.stats
 import tensorflow as tf
 
 import tools
@@ -211,14 +215,75 @@ def test_dataset_sees_episodes_written_later(tmp_path):
   assert seen == {0.0, 1.0}
 
 
-def test_episodes_cache_keeps_at_most_limit_steps_and_keeps_files(tmp_path):
+def smooth_episode(length, rng):
+  """An episode whose frames compress like rendered ones: a smooth gradient
+  moving one pixel a step, with sparse noise."""
+  episode = random_episode(length, rng)
+  rows = np.arange(64)[:, None, None] * np.array([3, 2, 1]) + np.arange(length)[:, None, None, None]
+  frames = np.broadcast_to(rows, (length, 64, 64, 3)) % 256
+  noise = rng.random(frames.shape) < 0.02
+  episode['image'] = np.where(noise, rng.integers(0, 256, frames.shape), frames).astype(np.uint8)
+  return episode
+
+
+@pytest.mark.parametrize('chunk', [1, 4, 25])
+def test_stored_episode_windows_are_exactly_the_stored_rows(chunk):
+  episode = random_episode(23, np.random.default_rng(0))
+  stored = tools.StoredEpisode(episode, chunk)
+  assert stored.length == 23
+  for length in (1, 4, 10, 23):
+    for start in range(23 - length + 1):
+      window = stored.window(start, length)
+      assert set(window) == set(episode)
+      for key, value in episode.items():
+        assert window[key].dtype == value.dtype
+        np.testing.assert_array_equal(window[key], value[start: start + length])
+
+
+def test_store_reports_its_bytes_the_compressed_chunks_plus_arrays(tmp_path):
   rng = np.random.default_rng(0)
-  for _ in range(4):
-    tools.save_episode(tmp_path, random_episode(11, rng))
-  episodes = tools.Episodes(tmp_path, limit=25)
+  saved = [smooth_episode(length, rng) for length in (30, 51, 7)]
+  for episode in saved:
+    tools.save_episode(tmp_path, episode)
+  tools.Episodes(tmp_path).update()  # The first load imports modules (zip codecs): not counted.
+  episodes = tools.Episodes(tmp_path, chunk=10)
+  tracemalloc.start()
+  before = tracemalloc.get_traced_memory()[0]
   episodes.update()
-  assert episodes.steps() == 20
-  assert len(list(tmp_path.glob('*.npz'))) == 4
+  gc.collect()  # Cycles the loader left behind.
+  held = tracemalloc.get_traced_memory()[0] - before
+  tracemalloc.stop()
+  # Independently: zlib level 6 of every 10 frames, plus the other stored keys
+  # (the loader keeps the keys of SPEC 7 only, not `position`).
+  expected = sum(
+      len(zlib.compress(e['image'][i: i + 10].tobytes(), 6)) for e in saved for i in range(0, len(e['image']), 10))
+  expected += sum(e[key].nbytes for e in saved for key in ('action', 'reward', 'discount'))
+  assert episodes.nbytes() == expected
+  raw = sum(e[key].nbytes for e in saved for key in ('image', 'action', 'reward', 'discount'))
+  assert episodes.nbytes() < raw / 3  # The frames compress.
+  # What Python allocated and still holds: the reported bytes plus small objects
+  # (names, lists, array headers).
+  assert expected <= held <= expected + 10_000
+
+
+def test_dataset_chooses_episodes_and_window_starts_uniformly(tmp_path):
+  rng = np.random.default_rng(0)
+  lengths = (8, 12, 20, 4)  # The 4-row episode is too short for windows of 5.
+  for index, length in enumerate(lengths):
+    episode = random_episode(length, rng)
+    episode['reward'] = (100 * index + np.arange(length)).astype(np.float32)
+    tools.save_episode(tmp_path, episode)
+  dataset = tools.make_dataset(tools.Episodes(tmp_path), batch_size=100, batch_length=5, seed=1)
+  first = np.concatenate([batch['reward'][:, 0].numpy() for batch in dataset.take(60)]).astype(int)
+  episode, start = first // 100, first % 100
+  counts = np.bincount(episode, minlength=4)
+  assert counts[3] == 0
+  # Uniform over the 3 long enough episodes, and over each one's length - 5 + 1 starts.
+  assert scipy.stats.chisquare(counts[:3]).pvalue > 0.001
+  for index, length in enumerate(lengths[:3]):
+    starts = np.bincount(start[episode == index], minlength=length - 4)
+    assert len(starts) == length - 4
+    assert scipy.stats.chisquare(starts).pvalue > 0.001
 
 
 def test_bad_episode_files_are_skipped_with_one_warning(tmp_path):
