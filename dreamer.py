@@ -248,7 +248,7 @@ class Dreamer(tf.Module):
     """uint8 images to [-0.5, 0.5] floats (SPEC 3); optional reward squashing."""
     data = dict(data)
     data['image'] = tf.cast(data['image'], tf.float32) / 255.0 - 0.5
-    if self._c.clip_rewards == 'tanh':
+    if self._c.clip_rewards == 'tanh' and 'reward' in data:  # The policy passes images only.
       data['reward'] = tf.tanh(data['reward'])
     return data
 
