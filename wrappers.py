@@ -82,16 +82,13 @@ def _task_error(task):
       + ', '.join('dmc_' + name for name in PAPER_TASKS) + '.')
 
 
-ATARI_MISSING = ('Atari tasks need the optional ale-py package: pip install -r '
-                 'requirements-atari.txt')
-
-
 def atari_games():
   """The games whose ROMs ale-py ships, as used in 'atari_<game>'."""
   try:
     from ale_py import roms
   except ImportError:
-    raise ValueError(ATARI_MISSING + '.') from None
+    raise ValueError('Atari tasks need the optional ale-py package: '
+                     'pip install -r requirements-atari.txt') from None
   return roms.get_all_rom_ids()
 
 
@@ -192,17 +189,14 @@ class Discrete:
   def __init__(self, n):
     self.n = n
 
-  def __repr__(self):
-    return f'Discrete({self.n})'
-
 
 class Atari:
   """An Atari game as in the paper's appendix (SPEC 8): sticky actions, each
   action held for `action_repeat` frames with the image the pixel-wise max of
   the last two (Atari sprites flicker between frames), resized to `size` RGB,
-  1 to `noops` random no-op frames after every reset, and the emulator's
-  episode cap. With `life_done`, losing a life ends the episode with discount
-  0; as in the authors' code, every reset then starts a new game."""
+  1 to `noops` (at least 1) random no-op frames after every reset, and the
+  emulator's episode cap. With `life_done`, losing a life ends the episode with
+  discount 0; as in the authors' code, every reset then starts a new game."""
 
   def __init__(self, game, action_repeat=4, size=(64, 64), noops=30,
                life_done=True, sticky=0.25, seed=None):
