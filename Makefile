@@ -1,8 +1,9 @@
 # `make train`: set up .venv and train Dreamer on walker walk with the paper defaults.
-# `make test`: set up .venv and run the test suite.
+# `make test`: set up .venv with the optional Atari extra and run the test suite.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+ATARI_STAMP := $(VENV)/.installed-atari
 TASK ?= dmc_walker_walk
 LOGDIR ?= logdir/$(TASK)/dreamer/0
 
@@ -16,10 +17,14 @@ $(STAMP): requirements.txt requirements-test.txt
 	$(PY) -m pip install --quiet -r requirements-test.txt
 	touch $(STAMP)
 
+$(ATARI_STAMP): $(STAMP) requirements-atari.txt
+	$(PY) -m pip install --quiet -r requirements-atari.txt
+	touch $(ATARI_STAMP)
+
 train: $(STAMP)
 	$(PY) dreamer.py --logdir $(LOGDIR) --task $(TASK)
 
-test: $(STAMP)
+test: $(STAMP) $(ATARI_STAMP)
 	$(PY) -m pytest
 
 benchmark: $(STAMP)

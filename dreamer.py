@@ -65,6 +65,15 @@ PRESETS = dict(
     # The authors' TF1 code, behind the paper's numbers: free nats clipped per step
     # (SPEC 3) and Adam epsilon 1e-4 (SPEC 6).
     tf1_code=dict(free_nats_per_step=True, adam_epsilon=1e-4),
+    # Atari (SPEC 8; README, Atari): action repeat 4, episodes up to the emulator's
+    # cap of 108000 frames, the continuation head for lost lives (SPEC 3-4), KL
+    # scale 0.1, horizon 10, tanh-squashed training rewards, a one-hot actor
+    # (SPEC 5) and epsilon-greedy exploration from 0.4, halved every 1.5e6 env
+    # steps down to 0.1 (the authors' TF1 code decays linearly from 0.4 to 0.1).
+    atari=dict(
+        action_repeat=4, time_limit=wrappers.ATARI_MAX_FRAMES, pcont=True, kl_scale=0.1,
+        horizon=10, clip_rewards='tanh', action_dist='onehot', expl='epsilon_greedy',
+        expl_amount=0.4, expl_decay=1.5e6, expl_min=0.1),
 )
 
 CHOICES = dict(
@@ -240,7 +249,7 @@ class Dreamer(tf.Module):
     """uint8 images to [-0.5, 0.5] floats (SPEC 3); optional reward squashing."""
     data = dict(data)
     data['image'] = tf.cast(data['image'], tf.float32) / 255.0 - 0.5
-    if self._c.clip_rewards == 'tanh':
+    if self._c.clip_rewards == 'tanh' and 'reward' in data:  # The policy passes images only.
       data['reward'] = tf.tanh(data['reward'])
     return data
 
@@ -318,9 +327,9 @@ def exploration_amount(config, step):
   return max(config.expl_min, amount)
 
 
-def make_envs(config, count, seed):
+def make_envs(config, count, seed, train):
   ctor = functools.partial(
-      wrappers.make_env, config.task, config.action_repeat, config.time_limit)
+      wrappers.make_env, config.task, config.action_repeat, config.time_limit, train=train)
   return [wrappers.Parallel(functools.partial(ctor, seed=seed + i), config.parallel) for i in range(count)]
 
 
@@ -377,7 +386,7 @@ def evaluate(config):
   logdir = pathlib.Path(config.logdir).expanduser()
   seed_everything(config)
   setup_devices(config)
-  envs = make_envs(config, 1, config.seed + 2000)
+  envs = make_envs(config, 1, config.seed + 2000, train=False)
   try:
     agent = Dreamer(config, envs[0].act_space.shape[0])
     checkpoints, counters = run_checkpoints(logdir, agent, config.checkpoints)
@@ -422,8 +431,8 @@ def main(config):
   test_episodes = []
   train_callbacks = [functools.partial(tools.save_episode, train_dir), functools.partial(log_episode, 'train', train_dir)]
   test_callbacks = [functools.partial(tools.save_episode, test_dir), functools.partial(log_episode, 'test', test_dir), test_episodes.append]
-  train_envs = make_envs(config, config.envs, config.seed)
-  test_envs = make_envs(config, 1, config.seed + 1000)
+  train_envs = make_envs(config, config.envs, config.seed, train=True)
+  test_envs = make_envs(config, 1, config.seed + 1000, train=False)
   try:
     act_space = train_envs[0].act_space
     env_state = None

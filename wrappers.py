@@ -1,4 +1,4 @@
-"""Environments for Dreamer: DeepMind Control Suite, wrappers, and workers.
+"""Environments for Dreamer: DeepMind Control Suite, Atari, wrappers, and workers.
 
 This module never imports TensorFlow: MuJoCo's renderer crashes in a process
 that has loaded TensorFlow, so the trainer runs its environments in fresh
@@ -16,6 +16,7 @@ import traceback
 from multiprocessing.connection import Connection
 
 import numpy as np
+from PIL import Image
 
 os.environ.setdefault('MUJOCO_GL', 'egl')
 _FILE = os.path.abspath(__file__)
@@ -76,8 +77,19 @@ def dmc_tasks():
 def _task_error(task):
   return ValueError(
       f"Unknown task {task!r}. Tasks are named 'dmc_<domain>_<task>' (suite "
-      "'dmc' with any DeepMind Control Suite task); the paper's 20 tasks are: "
+      "'dmc' with any DeepMind Control Suite task) or 'atari_<game>' (suite "
+      "'atari', a game ale-py ships); the paper's 20 tasks are: "
       + ', '.join('dmc_' + name for name in PAPER_TASKS) + '.')
+
+
+def atari_games():
+  """The games whose ROMs ale-py ships, as used in 'atari_<game>'."""
+  try:
+    from ale_py import roms
+  except ImportError:
+    raise ValueError('Atari tasks need the optional ale-py package: '
+                     'pip install -r requirements-atari.txt') from None
+  return roms.get_all_rom_ids()
 
 
 def check_task(task):
@@ -89,6 +101,12 @@ def check_task(task):
   suite, _, name = task.partition('_')
   if suite == 'dmc' and name in PAPER_TASKS:
     return
+  if suite == 'atari':
+    games = atari_games()
+    if name in games:
+      return
+    raise ValueError(f'Unknown Atari game in task {task!r}; ale-py ships: '
+                     + ', '.join('atari_' + game for game in games) + '.')
   if suite == 'dmc':
     listing = subprocess.run(
         [sys.executable, _FILE, '--tasks'], capture_output=True, text=True)
@@ -143,6 +161,81 @@ class DeepMindControl:
 
   def render(self):
     return self._env.physics.render(*self._size, camera_id=self._camera)
+
+
+# The emulator's episode cap: 30 minutes of play at 60 frames per second.
+ATARI_MAX_FRAMES = 108000
+
+
+def make_ale(game, seed, sticky=0.25):
+  """An ale-py emulator of `game` (ROMs ship with ale-py). With probability
+  `sticky` each frame repeats the previous frame's action instead of the
+  requested one (ALE's repeat_action_probability, Machado et al. 2018)."""
+  check_task('atari_' + game)
+  import ale_py
+  from ale_py import roms
+  ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)  # No banner.
+  ale = ale_py.ALEInterface()
+  ale.setInt('random_seed', seed)
+  ale.setFloat('repeat_action_probability', sticky)
+  ale.setInt('max_num_frames_per_episode', ATARI_MAX_FRAMES)
+  ale.loadROM(roms.get_rom_path(game))
+  return ale
+
+
+class Discrete:
+  """A space of `n` choices, the integers 0 to n - 1."""
+
+  def __init__(self, n):
+    self.n = n
+
+
+class Atari:
+  """An Atari game as in the paper's appendix (SPEC 8): sticky actions, each
+  action held for `action_repeat` frames with the image the pixel-wise max of
+  the last two (Atari sprites flicker between frames), resized to `size` RGB,
+  1 to `noops` (at least 1) random no-op frames after every reset, and the
+  emulator's episode cap. With `life_done`, losing a life ends the episode with
+  discount 0; as in the authors' code, every reset then starts a new game."""
+
+  def __init__(self, game, action_repeat=4, size=(64, 64), noops=30,
+               life_done=True, sticky=0.25, seed=None):
+    self._rng = np.random.default_rng(seed)
+    self._ale = make_ale(game, int(self._rng.integers(2 ** 31)), sticky)
+    self._actions = self._ale.getMinimalActionSet()
+    self._repeat = action_repeat
+    self._size = tuple(size)
+    self._noops = noops
+    self._life_done = life_done
+    self._lives = None
+    self.act_space = Discrete(len(self._actions))
+    self.obs_space = {'image': Box(0, 255, self._size + (3,), np.uint8)}
+
+  def reset(self):
+    self._ale.reset_game()
+    for _ in range(self._rng.integers(1, self._noops + 1)):
+      self._ale.act(self._actions[0])  # The minimal action set starts with NOOP.
+      if self._ale.game_over():
+        self._ale.reset_game()
+    self._lives = self._ale.lives()
+    return self._obs([self._ale.getScreenRGB()])
+
+  def step(self, action):
+    reward, screens, life_lost = 0.0, [], False
+    for _ in range(self._repeat):
+      reward += self._ale.act(self._actions[action])
+      screens = screens[-1:] + [self._ale.getScreenRGB()]
+      life_lost = self._life_done and self._ale.lives() < self._lives
+      if self._ale.game_over() or life_lost:
+        break
+    terminal = self._ale.game_over(with_truncation=False) or life_lost
+    done = terminal or self._ale.game_truncated()
+    info = {'discount': np.array(0.0 if terminal else 1.0, np.float32)}
+    return self._obs(screens), reward, done, info
+
+  def _obs(self, screens):
+    image = Image.fromarray(np.max(screens, 0)).resize(self._size[::-1], Image.BILINEAR)
+    return {'image': np.asarray(image)}
 
 
 class Wrapper:
@@ -246,13 +339,24 @@ class RewardObs(Wrapper):
     return obs, reward, done, info
 
 
+class OneHot(Box):
+  """One-hot vectors of size `n`; samples are uniformly chosen one-hot vectors."""
+
+  def __init__(self, n):
+    super().__init__(0, 1, (n,))
+    self.n = n
+
+  def sample(self, rng):
+    return np.eye(self.n, dtype=self.dtype)[rng.integers(self.n)]
+
+
 class OneHotAction(Wrapper):
   """Takes one-hot vectors for an env whose act_space has `n` choices."""
 
   def __init__(self, env):
     super().__init__(env)
     self._n = env.act_space.n
-    self.act_space = Box(0, 1, (self._n,))
+    self.act_space = OneHot(self._n)
 
   def step(self, action):
     index = int(np.argmax(action))
@@ -301,14 +405,19 @@ class Collect(Wrapper):
     return values
 
 
-def make_env(task, action_repeat=2, time_limit=1000, size=(64, 64), seed=None):
-  """Builds 'dmc_<domain>_<task>' with the paper's wrappers."""
+def make_env(task, action_repeat=2, time_limit=1000, size=(64, 64), seed=None, train=True):
+  """Builds 'dmc_<domain>_<task>' or 'atari_<game>' with the paper's wrappers.
+  A lost Atari life ends only training episodes (SPEC 8); evaluation plays
+  whole games."""
   suite, _, name = task.partition('_')
-  if suite != 'dmc':
+  if suite == 'dmc':
+    env = DeepMindControl(name, size, seed=seed)
+    env = RenderImage(ActionRepeat(env, action_repeat))
+    env = NormalizeActions(env)
+  elif suite == 'atari':
+    env = OneHotAction(Atari(name, action_repeat, size, life_done=train, seed=seed))
+  else:
     raise _task_error(task)
-  env = DeepMindControl(name, size, seed=seed)
-  env = RenderImage(ActionRepeat(env, action_repeat))
-  env = NormalizeActions(env)
   env = TimeLimit(env, time_limit // action_repeat)
   return Collect(RewardObs(env))
 

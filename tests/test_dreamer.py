@@ -338,3 +338,49 @@ def test_trainer_streak_resets_after_a_good_update():
   agent.updates = 0  # The next two updates are good again.
   trainer.train(4)
   assert agent.updates == 4
+
+
+def sigmoid_log_likelihood(logits, target):
+  """log Bernoulli(target; sigmoid(logits)) for soft targets, in NumPy."""
+  return -target * np.logaddexp(0, -logits) - (1 - target) * np.logaddexp(0, logits)
+
+
+def test_pcont_targets_are_zero_at_an_early_terminal_and_imagined_weights_drop_after_it():
+  tf.random.set_seed(0)
+  config = tiny_config('--pcont', 'True', '--model_lr', '3e-3', '--discount', '0.9')
+  agent = dreamer.Dreamer(config, 2)
+  batch = random_batch(config)
+  batch['discount'][0, -1] = 0  # Sequence 0 is an episode that ends early, at its last row.
+  # World model: the continuation target is discount * gamma (SPEC 3), 0 at the terminal.
+  data = agent.preprocess(batch)
+  rng = np.random.default_rng(0)
+  shape = (config.batch_size, config.batch_length, config.stoch_size)
+  noise = dict(prior=rng.normal(size=shape).astype(np.float32), post=rng.normal(size=shape).astype(np.float32))
+  _, _, metrics = agent._model_loss(data, noise)
+  post, _ = agent.dynamics.observe(agent.encoder(data['image']), data['action'], noise=noise)
+  logits = agent.pcont(agent.dynamics.get_feat(post)).distribution.logits.numpy()
+  target = np.full(shape[:2], 0.9)
+  target[0, -1] = 0.0
+  expected = -10 * np.mean(sigmoid_log_likelihood(logits, target))
+  assert float(metrics['pcont_loss']) == pytest.approx(expected, rel=1e-5)
+  # Once the head has learned the terminal, imagined steps after it get weight ~0.
+  for _ in range(150):
+    agent.train(batch)
+  post, _ = agent.dynamics.observe(agent.encoder(data['image']), data['action'], noise=noise)
+  episode = agent.dynamics.get_feat(post)[0]  # [T, F], terminal at T - 1.
+  # An imagined sequence that passes through the episode's terminal state, then stays there.
+  feat = tf.concat([episode, tf.repeat(episode[-1:], 2, 0)], 0)[:, None]  # [T + 2, 1, F].
+  actor_loss, _, _ = agent._behaviour_losses(feat)
+  pcont = 1 / (1 + np.exp(-agent.pcont(feat).distribution.logits.numpy()[:, 0]))
+  reward, value = agent.reward(feat).mean().numpy()[:, 0], agent.value(feat).mean().numpy()[:, 0]
+  horizon = len(pcont)
+  weights = np.cumprod(np.concatenate([[1.0], pcont[:horizon - 2]]))  # w_t = prod_{k<t} c_k.
+  returns, last = np.zeros(horizon - 1), value[-1]
+  for t in reversed(range(horizon - 1)):  # SPEC 4, paper eq. 6.
+    returns[t] = reward[t] + pcont[t] * ((1 - 0.95) * value[t + 1] + 0.95 * last)
+    last = returns[t]
+  assert float(actor_loss) == pytest.approx(-np.mean(weights * returns), rel=1e-4, abs=1e-6)
+  terminal = config.batch_length - 1
+  assert pcont[terminal] < 0.1 and (np.abs(pcont[:terminal] - 0.9) < 0.1).all()
+  np.testing.assert_allclose(weights[:terminal + 1], 0.9 ** np.arange(terminal + 1), rtol=0.3)
+  assert weights[terminal + 1] < 0.1 * weights[terminal]

@@ -1,5 +1,6 @@
-"""The command line end to end: a real DMC task with the debug preset."""
+"""The command line end to end: real DMC and Atari tasks with the debug preset."""
 
+import importlib.util
 import json
 import pathlib
 import subprocess
@@ -127,6 +128,39 @@ def test_bad_input_gives_one_clear_error_and_exit_code_2(tmp_path, flags, messag
   result = run(tmp_path / 'run', *flags, check=False)
   assert result.returncode == 2
   assert message in result.stderr
+  assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec('ale_py') is None, reason='Atari needs pip install -r requirements-atari.txt')
+def test_atari_debug_run_trains_with_pcont_one_hot_actions_and_life_loss_terminals(tmp_path):
+  logdir = tmp_path / 'run'
+  # Debug's 100 env steps are 25 agent steps at action repeat 4, about one
+  # Breakout life: 400 let a random policy lose one.
+  run(logdir, '--configs', 'atari', 'debug', '--task', 'atari_breakout', '--time_limit', '400', '--steps', '400')
+  config = json.loads((logdir / 'config.json').read_text())
+  assert (config['pcont'], config['action_repeat'], config['kl_scale'], config['action_dist']) == (True, 4, 0.1, 'onehot')
+  episodes = [dict(np.load(f)) for f in sorted((logdir / 'episodes').glob('*.npz'))]
+  for episode in episodes:
+    assert episode['image'].shape[1:] == (64, 64, 3) and episode['action'].shape[1:] == (4,)
+    actions = episode['action'][1:]  # One-hot after the zero first row.
+    np.testing.assert_allclose(actions, np.eye(4)[actions.argmax(1)], atol=1e-6)
+    np.testing.assert_array_equal(episode['discount'][:-1], 1)
+  lives_lost = [e for e in episodes if e['discount'][-1] == 0]
+  assert lives_lost and all(len(e['reward']) < 101 for e in lives_lost)
+  rows = metrics(logdir)
+  losses = [row['train/pcont_loss'] for row in rows if 'train/pcont_loss' in row]
+  assert losses and all(np.isfinite(v) for row in rows for v in row.values())
+  assert any('test/return' in row for row in rows)
+
+
+def test_atari_task_without_ale_py_is_an_error_with_exit_code_2(tmp_path):
+  # This interpreter cannot import ale_py, as if it were not installed.
+  code = ('import runpy, sys; sys.modules["ale_py"] = None; sys.argv[0] = "dreamer.py"; '
+          'runpy.run_path("dreamer.py", run_name="__main__")')
+  command = [sys.executable, '-c', code, '--task', 'atari_pong', '--logdir', str(tmp_path / 'run')]
+  result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2
+  assert 'pip install -r requirements-atari.txt' in result.stderr.splitlines()[-1]
   assert not (tmp_path / 'run').exists()
 
 

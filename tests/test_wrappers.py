@@ -2,6 +2,7 @@
 processes, since this pytest process may have imported TensorFlow."""
 
 import functools
+import importlib.util
 import json
 import os
 import signal
@@ -12,8 +13,12 @@ import types
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import wrappers
+
+needs_ale = pytest.mark.skipif(
+    importlib.util.find_spec('ale_py') is None, reason='Atari needs pip install -r requirements-atari.txt')
 
 
 class FakeEnv:
@@ -158,11 +163,11 @@ def test_collect_aligns_row_t_with_action_reward_and_discount_leading_to_obs_t()
 def test_check_task_rejects_unknown_suite_and_task_listing_paper_tasks():
   wrappers.check_task('dmc_walker_walk')
   wrappers.check_task('dmc_humanoid_walk')  # beyond the paper's list
-  for task in ('dmc_walker_fly', 'atari_pong'):
+  for task in ('dmc_walker_fly', 'gym_pong'):
     with pytest.raises(ValueError) as error:
       wrappers.check_task(task)
     message = str(error.value)
-    assert repr(task) in message and "'dmc'" in message
+    assert repr(task) in message and "'dmc'" in message and "'atari'" in message
     assert all('dmc_' + name in message for name in wrappers.PAPER_TASKS)
   assert len(wrappers.PAPER_TASKS) == 20
 
@@ -330,3 +335,181 @@ print(json.dumps(results))
   # 40 agent steps over 2 envs = 2 episodes of 10 agent steps each per env.
   assert len(results['process']) == 4 and all(length == 11 for _, _, length in results['process'])
   assert results['process'] == results['none']
+
+
+# Atari (SPEC 8). The wrapper runs in a worker; the references are ale-py
+# emulators driven directly here, without sticky actions, so they replay the
+# worker's game frame by frame.
+
+def reference_ale(game, noops=1):
+  """An emulator as the worker's after reset with `noops` no-op frames."""
+  import ale_py
+  from ale_py import roms
+  ale = ale_py.ALEInterface()
+  ale.setFloat('repeat_action_probability', 0.0)
+  ale.loadROM(roms.get_rom_path(game))
+  ale.reset_game()
+  for _ in range(noops):
+    ale.act(ale_py.Action.NOOP)
+  return ale
+
+
+def small(frame):
+  return np.asarray(Image.fromarray(frame).resize((64, 64), Image.BILINEAR))
+
+
+def atari_worker(game, **kwargs):
+  """The Atari wrapper in a worker, exactly 1 no-op at reset, no sticky actions."""
+  return wrappers.Parallel(functools.partial(wrappers.Atari, game, noops=1, sticky=0.0, seed=0, **kwargs), 'process')
+
+
+def play(reference, index, repeat=4):
+  """One agent step on the reference: the frames, summed reward and lives after
+  each frame."""
+  action = reference.getMinimalActionSet()[index]
+  frames, reward, lives = [], 0, []
+  for _ in range(repeat):
+    reward += reference.act(action)
+    frames.append(reference.getScreenRGB())
+    lives.append(reference.lives())
+  return frames, reward, lives
+
+
+@needs_ale
+def test_check_task_knows_ale_games_and_lists_them_for_an_unknown_one():
+  wrappers.check_task('atari_pong')
+  wrappers.check_task('atari_boxing')
+  with pytest.raises(ValueError) as error:
+    wrappers.check_task('atari_pongg')
+  message = str(error.value)
+  assert "'atari_pongg'" in message and 'atari_pong,' in message and 'atari_breakout' in message
+
+
+def test_atari_task_without_ale_py_says_how_to_install_it(monkeypatch):
+  monkeypatch.setitem(sys.modules, 'ale_py', None)  # Importing it now fails.
+  monkeypatch.setitem(sys.modules, 'ale_py.roms', None)
+  with pytest.raises(ValueError, match=r'pip install -r requirements-atari\.txt'):
+    wrappers.check_task('atari_pong')
+  wrappers.check_task('dmc_walker_walk')
+
+
+@needs_ale
+def test_atari_in_worker_gives_64x64_images_and_takes_only_one_hot_actions():
+  env = wrappers.Parallel(functools.partial(wrappers.make_env, 'atari_pong', 4, 400, seed=0), 'process')
+  try:
+    space = env.obs_space['image']
+    assert (space.shape, space.dtype) == ((64, 64, 3), np.uint8)
+    assert env.act_space.shape == (6,)  # Pong's minimal action set.
+    rng = np.random.default_rng(0)
+    samples = np.stack([env.act_space.sample(rng) for _ in range(600)])
+    assert set(samples.sum(1)) == {1} and set(samples.ravel()) == {0, 1}
+    assert (np.abs(samples.mean(0) - 1 / 6) < 4 * np.sqrt(1 / 6 * 5 / 6 / 600)).all()
+    obs = env.reset()()
+    assert obs['image'].shape == (64, 64, 3) and obs['image'].dtype == np.uint8
+    obs, reward, done, info = env.step(np.eye(6, dtype=np.float32)[2])()
+    assert obs['image'].shape == (64, 64, 3) and not done and info['discount'] == 1
+    for bad in (np.full(6, 1 / 6), np.eye(4)[0], np.array(2)):
+      with pytest.raises(RuntimeError, match='one-hot action of size 6'):
+        env.step(np.asarray(bad, np.float32))()
+  finally:
+    env.close()
+
+
+@needs_ale
+def test_atari_image_is_max_of_last_two_raw_frames_resized_and_reward_summed():
+  env = atari_worker('ms_pacman', life_done=False)
+  reference = reference_ale('ms_pacman')
+  try:
+    np.testing.assert_array_equal(env.reset()()['image'], small(reference.getScreenRGB()))
+    rng = np.random.default_rng(0)
+    flicker = 0
+    for _ in range(60):
+      index = int(rng.integers(9))
+      frames, reward, _ = play(reference, index)
+      obs, got, done, _ = env.step(index)()
+      expected = small(np.maximum(frames[-2], frames[-1]))
+      np.testing.assert_array_equal(obs['image'], expected)
+      assert got == reward and not done
+      flicker += not np.array_equal(expected, small(frames[-1]))
+    assert flicker > 10  # Ms. Pac-Man's ghosts flicker: the max shows what one frame misses.
+  finally:
+    env.close()
+
+
+@needs_ale
+@pytest.mark.parametrize('life_done', [True, False])
+def test_atari_lost_life_ends_training_episode_with_discount_zero(life_done):
+  env = atari_worker('breakout', life_done=life_done)
+  reference = reference_ale('breakout')
+  try:
+    env.reset()()
+    lives = reference.lives()
+    rng = np.random.default_rng(1)
+    for step in range(1000):
+      index = int(rng.integers(4))
+      _, _, after = play(reference, index)
+      _, _, done, info = env.step(index)()
+      if after[-1] < lives and life_done:  # The first life is lost in this step.
+        assert done and info['discount'] == 0 and after[-1] == lives - 1
+        break
+      if reference.game_over():  # All lives lost: the game ends either way.
+        assert not life_done and done and info['discount'] == 0
+        break
+      assert not done and info['discount'] == 1
+    assert step > 10
+  finally:
+    env.close()
+
+
+@needs_ale
+def test_atari_reset_plays_1_to_30_random_noops():
+  # Freeway's first 40 screens all differ, so the reset image tells how many
+  # no-op frames were played.
+  reference = reference_ale('freeway', noops=0)
+  screens = [small(reference.getScreenRGB())]
+  for _ in range(40):
+    reference.act(reference.getMinimalActionSet()[0])
+    screens.append(small(reference.getScreenRGB()))
+  assert len({s.tobytes() for s in screens}) == 41
+  env = wrappers.Parallel(functools.partial(wrappers.Atari, 'freeway', seed=0), 'process')
+  try:
+    counts = []
+    for _ in range(20):
+      image = env.reset()()['image']
+      (count,) = [k for k, screen in enumerate(screens) if np.array_equal(screen, image)]
+      counts.append(count)
+  finally:
+    env.close()
+  assert 1 <= min(counts) and max(counts) <= 30 and len(set(counts)) > 5
+
+
+@needs_ale
+@pytest.mark.parametrize('sticky', [0.25, 0.0])
+def test_make_ale_repeats_the_previous_action_at_the_sticky_rate(sticky):
+  ale = wrappers.make_ale('breakout', seed=0) if sticky else wrappers.make_ale('breakout', 0, sticky)
+  noop, _, right, left = ale.getMinimalActionSet()
+  for _ in range(60):
+    ale.act(noop)
+  start = ale.cloneState()
+  # What one frame of each action from `start` leaves in the RAM, told apart
+  # on an emulator that never repeats.
+  plain, outcome = wrappers.make_ale('breakout', 0, 0.0), {}
+  for action in (noop, right, left):
+    plain.restoreState(start)
+    plain.act(action)
+    outcome[action] = plain.getRAM().copy()
+  assert len({ram.tobytes() for ram in outcome.values()}) == 3
+  # restoreState keeps the last action the emulator ran, so asking for RIGHT and
+  # LEFT in turn from `start` shows each time whether it ran the requested action
+  # or repeated the previous one.
+  ran, asked, repeats = noop, 0, 0
+  for trial in range(4000):
+    requested = (right, left)[trial % 2]
+    ale.restoreState(start)
+    ale.act(requested)
+    previous, ran = ran, next(a for a, ram in outcome.items() if np.array_equal(ram, ale.getRAM()))
+    if requested != previous:
+      asked += 1
+      repeats += ran == previous
+  std = np.sqrt(0.25 * 0.75 / asked)  # Binomial standard deviation of the rate.
+  assert asked > 3000 and abs(repeats / asked - sticky) < 4 * std
