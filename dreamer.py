@@ -45,14 +45,15 @@ def tf_startup_filter():
       os.dup2(saved, 2)
       os.close(saved)
       capture.seek(0)
-      sys.stderr.writelines(tf_startup_kept(capture.read().decode(errors='replace')))
+      level = int(os.environ.get('TF_CPP_MIN_LOG_LEVEL', '0'))
+      gpu_driver = bool(glob.glob('/dev/nvidia*')) or os.path.exists('/dev/dxg')  # Linux, WSL.
+      sys.stderr.writelines(tf_startup_kept(capture.read().decode(errors='replace'), level, gpu_driver))
       sys.stderr.flush()
 
 
-def tf_startup_kept(text):
-  """The lines of `text` that `tf_startup_filter` lets through."""
-  level = int(os.environ.get('TF_CPP_MIN_LOG_LEVEL', '0'))
-  gpu_driver = glob.glob('/dev/nvidia*') or os.path.exists('/dev/dxg')  # Linux, WSL.
+def tf_startup_kept(text, level, gpu_driver):
+  """The lines of `text` that `tf_startup_filter` lets through at TF_CPP_MIN_LOG_LEVEL
+  `level`, on a machine with or without an NVIDIA `gpu_driver`."""
   keep = True
   for line in text.splitlines(keepends=True):
     match = TF_LOG_LINE.match(line)
