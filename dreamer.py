@@ -411,6 +411,15 @@ def setup_devices(config):
   return tf.distribute.get_strategy()
 
 
+def worker_config(config, strategy):
+  """The config of this worker of a multi-worker run: its own seed, so that its
+  environments and data differ from the other workers' (README, Scaling out)."""
+  resolver = strategy.cluster_resolver
+  if not resolver or not resolver.task_id:
+    return config
+  return argparse.Namespace(**dict(vars(config), seed=config.seed + 10000 * resolver.task_id))
+
+
 def seed_everything(config):
   random.seed(config.seed)
   np.random.seed(config.seed)
@@ -421,8 +430,9 @@ def seed_everything(config):
 
 def main(config):
   logdir = pathlib.Path(config.logdir).expanduser()
-  seed_everything(config)
   strategy = setup_devices(config)
+  config = worker_config(config, strategy)
+  seed_everything(config)
   if config.batch_size % strategy.num_replicas_in_sync:
     raise RunError(f'--batch_size {config.batch_size} must be a multiple of the {strategy.num_replicas_in_sync} '
                    'replicas the strategy trains on; change --batch_size or the devices.')
@@ -471,7 +481,10 @@ def main(config):
     # --dataset_size counts env steps; each stored transition is action_repeat of them.
     episodes = tools.Episodes(train_dir, config.dataset_size and max(1, config.dataset_size // config.action_repeat))
     dataset = tools.make_dataset(episodes, config.batch_size, config.batch_length, config.dataset_balance, config.seed)
-    dataset = iter(strategy.experimental_distribute_dataset(dataset))
+    # Each worker reads its own episodes: no sharding across workers.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    dataset = iter(strategy.experimental_distribute_dataset(dataset.with_options(options)))
     trainer = Trainer(agent, dataset, config.nonfinite_patience)
     while step < config.steps:
       logger.step = step
