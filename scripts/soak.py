@@ -37,7 +37,7 @@ def parse_args():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--minutes', type=float, default=10.0, help='how long to kill and restart (the final run comes after)')
   parser.add_argument('--logdir', type=pathlib.Path, default=None, help='default: a new temporary folder')
-  parser.add_argument('--kill_after', type=float, nargs=2, default=(10.0, 60.0), help='each run is killed after a uniform time in this range of seconds')
+  parser.add_argument('--kill_after', type=float, nargs=2, default=(20.0, 120.0), help='each run is killed after a uniform time in this range of seconds')
   parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args()
   if args.minutes <= 0 or not 0 < args.kill_after[0] <= args.kill_after[1]:
@@ -46,13 +46,15 @@ def parse_args():
 
 
 def children(pid):
-  """Pids of the direct children of `pid`."""
+  """Pids of the direct children of `pid` (from the parent pid in /proc/<pid>/stat)."""
   found = []
-  for task in pathlib.Path(f'/proc/{pid}/task').glob('*'):
+  for stat in pathlib.Path('/proc').glob('[0-9]*/stat'):
     try:
-      found += [int(child) for child in (task / 'children').read_text().split()]
-    except OSError:
-      pass
+      parent = int(stat.read_text().rsplit(')', 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+      continue
+    if parent == pid:
+      found.append(int(stat.parent.name))
   return found
 
 
