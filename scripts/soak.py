@@ -112,7 +112,7 @@ def run_once(logdir, steps, lifetime):
   return process.wait(), samples, workers
 
 
-def leaked(workers, timeout=15.0):
+def leaked(workers, timeout=60.0):
   """The workers still alive `timeout` seconds after their trainer died."""
   deadline = time.time() + timeout
   while time.time() < deadline and any(alive(pid) for pid in workers):
