@@ -150,10 +150,13 @@ def main(args):
   first, last = peaks[:max(1, len(peaks) // 4)], peaks[-max(1, len(peaks) // 4):]
   if max(last) > 1.25 * max(first):
     problems.append(f'peak RSS grew from {max(first):.0f} MiB (first runs) to {max(last):.0f} MiB (last runs)')
+  saved = list((logdir / 'checkpoints').glob('ckpt-*'))  # A run killed before its first phase saves none.
   code, _, workers = run_once(logdir, steps + 400, 1800)
   final = (logdir.parent / f'{logdir.name}.log').read_text().rsplit('Config (', 1)[-1]
-  if code != 0 or 'Resumed from' not in final:
-    problems.append(f'the final run exited with {code}' + ('' if 'Resumed from' in final else ' without resuming'))
+  if code != 0:
+    problems.append(f'the final run exited with {code}')
+  if saved and 'Resumed from' not in final:
+    problems.append('the final run did not resume from the checkpoints')
   problems += [f'final run: worker {pid} outlived its trainer' for pid in leaked(workers)]
   problems += [f'final run: {p}' for p in episodes_check(episodes, seen)]
   print(f'final run: exit {code}, env steps {steps} -> {tools.count_steps(episodes, 2)}, {len(seen)} episodes on disk, '
