@@ -4,24 +4,75 @@ Usage: python dreamer.py --logdir logdir/dmc_walker_walk/dreamer/0 --task dmc_wa
 """
 
 import argparse
+import contextlib
 import functools
+import glob
 import json
 import os
 import pathlib
 import random
+import re
 import subprocess
 import sys
 import tempfile
-
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+import textwrap
 
 import numpy as np
-import tensorflow as tf
-import tf_keras as keras
 
-import models
-import tools
 import wrappers
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+# One message of TensorFlow's C++ logging: severity letter, date, time, thread, file:line].
+TF_LOG_LINE = re.compile(r'([IWEF])\d{4} [\d:.]+ +\d+ [^\]]+\] ')
+
+
+@contextlib.contextmanager
+def tf_startup_filter():
+  """Apply TF_CPP_MIN_LOG_LEVEL to the C++ messages written while the block
+  runs. TensorFlow logs through absl, which writes everything logged before
+  absl::InitializeLog() to stderr unfiltered (its banner says so): the oneDNN
+  and missing-CUDA notices of `import tensorflow`, once per library that embeds
+  them. The block's stderr goes to a file, then back to stderr without what is
+  below the level and, from level 1, without the banner and the 'failed call to
+  cuInit' error on a machine without an NVIDIA driver (it only means: no GPU)."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as capture:
+    os.dup2(capture.fileno(), 2)
+    try:
+      yield
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      capture.seek(0)
+      level = int(os.environ.get('TF_CPP_MIN_LOG_LEVEL', '0'))
+      gpu_driver = bool(glob.glob('/dev/nvidia*')) or os.path.exists('/dev/dxg')  # Linux, WSL.
+      sys.stderr.writelines(tf_startup_kept(capture.read().decode(errors='replace'), level, gpu_driver))
+      sys.stderr.flush()
+
+
+def tf_startup_kept(text, level, gpu_driver):
+  """The lines of `text` that `tf_startup_filter` lets through at TF_CPP_MIN_LOG_LEVEL
+  `level`, on a machine with or without an NVIDIA `gpu_driver`."""
+  keep = True
+  for line in text.splitlines(keepends=True):
+    match = TF_LOG_LINE.match(line)
+    if match:  # A line without the prefix continues the message before it.
+      noise = level and not gpu_driver and 'failed call to cuInit' in line
+      keep = 'IWEF'.index(match.group(1)) >= level and not noise
+    elif level and line.startswith('WARNING: All log messages before absl::InitializeLog()'):
+      continue
+    if keep:
+      yield line
+
+
+with tf_startup_filter():
+  import tensorflow as tf
+  import tf_keras as keras
+  import models
+  import tools
+  tf.config.list_physical_devices('GPU')  # Loads CUDA here, inside the filter.
 
 # Every setting with its default (SPEC 2-8). The command line is generated from it.
 DEFAULTS = dict(
@@ -327,6 +378,25 @@ def exploration_amount(config, step):
   return max(config.expl_min, amount)
 
 
+def describe_config(config, saved):
+  """The run's settings for the console: what differs from the defaults, the rest
+  in `saved`."""
+  changed = [f'{key} {value}' for key, value in vars(config).items() if key != 'configs' and value != DEFAULTS[key]]
+  lines = [f'Config (all of it in {saved}; presets: {" ".join(config.configs) or "none"}); not at the default:']
+  lines += textwrap.wrap(', '.join(changed) or 'nothing', 100, initial_indent='  ', subsequent_indent='  ')
+  return '\n'.join(lines)
+
+
+def episode_counter(phase, unit, total, amount, done=0):
+  """A callback for finished episodes that prints how far `phase` is: `done` plus
+  the `amount` of each episode, out of `total` `unit`."""
+  def report(episode):
+    nonlocal done
+    done += amount(episode)
+    print(f'{phase}: {min(done, total)}/{total} {unit}.', flush=True)
+  return report
+
+
 def make_envs(config, count, seed, train):
   ctor = functools.partial(
       wrappers.make_env, config.task, config.action_repeat, config.time_limit, train=train)
@@ -349,6 +419,15 @@ def setup_devices(config):
   if config.strategy == 'multi_worker':
     return tf.distribute.MultiWorkerMirroredStrategy()
   return tf.distribute.get_strategy()
+
+
+def worker_config(config, strategy):
+  """The config of this worker of a multi-worker run: its own seed, so that its
+  environments and data differ from the other workers' (README, Scaling out)."""
+  resolver = strategy.cluster_resolver
+  if not resolver or not resolver.task_id:
+    return config
+  return argparse.Namespace(**dict(vars(config), seed=config.seed + 10000 * resolver.task_id))
 
 
 def seed_everything(config):
@@ -411,17 +490,18 @@ def main(config):
   if config.mode == 'eval':
     return evaluate(config)
   logdir = pathlib.Path(config.logdir).expanduser()
-  print('Config:', json.dumps(vars(config)))
-  seed_everything(config)
   strategy = setup_devices(config)
+  config = worker_config(config, strategy)
+  seed_everything(config)
   if config.batch_size % strategy.num_replicas_in_sync:
     raise RunError(f'--batch_size {config.batch_size} must be a multiple of the {strategy.num_replicas_in_sync} '
                    'replicas the strategy trains on; change --batch_size or the devices.')
   settings = dict(vars(config), commit=commit())
   tools.atomic_write(logdir / 'config.json', lambda f: f.write(json.dumps(settings, indent=2).encode()))
+  print(describe_config(config, logdir / 'config.json'), flush=True)
   train_dir, test_dir = logdir / 'episodes', logdir / 'test_episodes'
   step = tools.count_steps(train_dir, config.action_repeat)
-  logger = tools.Logger(logdir, step)
+  logger = tools.Logger(logdir, step, config.steps)
 
   def log_episode(prefix, directory, episode):
     logger.scalar(f'{prefix}/return', float(episode['reward'].sum()))
@@ -437,17 +517,18 @@ def main(config):
     act_space = train_envs[0].act_space
     env_state = None
     if step < config.prefill:
-      print(f'Prefill dataset with {config.prefill - step} random env steps.')
+      print(f'Prefill dataset with {config.prefill - step} random env steps.', flush=True)
+      report = episode_counter('Prefill', 'env steps', config.prefill, lambda e: (len(e['reward']) - 1) * config.action_repeat, step)
       env_state = wrappers.simulate(
           random_policy(act_space, config.seed), train_envs,
-          steps=agent_steps(config, config.prefill - step), callbacks=train_callbacks)
+          steps=agent_steps(config, config.prefill - step), callbacks=train_callbacks + [report])
       step = tools.count_steps(train_dir, config.action_repeat)
     with strategy.scope():
       agent = Dreamer(config, act_space.shape[0])
     checkpoints, done_period = run_checkpoints(logdir, agent, config.checkpoints)
     restored = checkpoints.restore()
     if restored:
-      print(f'Resumed from {restored} at step {step}.')
+      print(f'Resumed from {restored} at step {step}.', flush=True)
 
     def due(name, every, start=0):
       period = (step - start) // every
@@ -458,14 +539,20 @@ def main(config):
 
     episodes = tools.Episodes(train_dir)
     dataset = tools.make_dataset(episodes, config.batch_size, config.batch_length, config.dataset_balance, config.seed)
-    dataset = iter(strategy.experimental_distribute_dataset(dataset))
+    # Each worker reads its own episodes: no sharding across workers.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    dataset = iter(strategy.experimental_distribute_dataset(dataset.with_options(options)))
     trainer = Trainer(agent, dataset, config.nonfinite_patience)
     while step < config.steps:
       logger.step = step
       log = due('log', config.log_every)
       # Videos: the first training phase and evaluation of each video_every period.
       openloop_video = config.log_images and due('openloop_video', config.video_every, config.prefill)
-      updates = config.pretrain if int(agent.updates.numpy()) == 0 else config.train_steps
+      first = int(agent.updates.numpy()) == 0
+      updates = config.pretrain if first else config.train_steps
+      if first:
+        print(f'Pretrain: {updates} updates; the first one also builds the graph.', flush=True)
       trainer.train(updates, logger, log, openloop_video)
       # As in the authors' code, evaluate after this step's training, at prefill +
       # k * eval_every env steps: the published curves' grid.
@@ -473,14 +560,15 @@ def main(config):
       policy_video = test_due and config.log_images and due('policy_video', config.video_every, config.prefill)
       if test_due:
         test_episodes.clear()
-        wrappers.simulate(Policy(agent, False, config.eval_noise), test_envs, episodes=config.eval_episodes, callbacks=test_callbacks)
+        report = episode_counter('Evaluation', 'episodes', config.eval_episodes, lambda e: 1)
+        wrappers.simulate(Policy(agent, False, config.eval_noise), test_envs, episodes=config.eval_episodes, callbacks=test_callbacks + [report])
         if policy_video:
           logger.video('test/policy', test_episodes[0]['image'])
       amount = exploration_amount(config, step)
       if log:
         logger.scalar('train/expl_amount', amount)
       if log or test_due or openloop_video:
-        logger.write()
+        logger.write(int(agent.updates.numpy()))
       collect = min(config.train_every, config.steps - step)  # Do not overshoot the budget.
       env_state = wrappers.simulate(
           Policy(agent, True, amount), train_envs, steps=agent_steps(config, collect),
@@ -488,7 +576,8 @@ def main(config):
       step = tools.count_steps(train_dir, config.action_repeat)
       done_period['step'].assign(step)
       checkpoints.save()
-    logger.write()
+    logger.step = step
+    logger.write(int(agent.updates.numpy()))
   finally:
     for env in train_envs + test_envs:
       env.close()

@@ -431,16 +431,43 @@ def gif(frames):
   return iio.imwrite('<bytes>', frames, extension='.gif', duration=40, loop=0)
 
 
-class Logger:
-  """Scalars to TensorBoard, `metrics.jsonl` and the console; GIFs to `videos/`
-  only (README, Output folder). Values are averaged between writes."""
+def progress(history, budget):
+  """Env steps per second over `history`, (seconds, env steps) points oldest
+  first, and the seconds left to `budget` env steps at that rate; (None, None)
+  while no step has been timed."""
+  (start_time, start_step), (time_now, step) = history[0], history[-1]
+  if time_now <= start_time or step <= start_step:
+    return None, None
+  rate = (step - start_step) / (time_now - start_time)
+  return rate, max(0, budget - step) / rate
 
-  def __init__(self, logdir, step):
+
+def duration(seconds):
+  """Seconds as the two largest units: '2d 03h', '1h 05m', '4m 10s', '12s'."""
+  seconds = int(round(seconds))
+  units = (('d', 86400), ('h', 3600), ('m', 60), ('s', 1))
+  for i, (name, size) in enumerate(units[:-1]):
+    if seconds >= size:
+      small, small_size = units[i + 1]
+      return f'{seconds // size}{name} {seconds % size // small_size:02d}{small}'
+  return f'{seconds}s'
+
+
+class Logger:
+  """Scalars to TensorBoard and `metrics.jsonl`, GIFs to `videos/` only (README,
+  Output folder), and one console line per write: progress to the budget and the
+  `CONSOLE` scalars. Values are averaged between writes."""
+
+  CONSOLE = ('train/return', 'test/return', 'train/model_loss', 'train/actor_loss', 'train/value_loss')
+  WINDOW = 5  # The recent speed is measured over the last WINDOW writes.
+
+  def __init__(self, logdir, step, budget):
     self._logdir = pathlib.Path(logdir)
     self._writer = tf.summary.create_file_writer(str(self._logdir))
     self._scalars = collections.defaultdict(list)
     self._videos = {}
-    self._last = (time.time(), step)
+    self._history = collections.deque([(time.time(), step)], self.WINDOW + 1)
+    self._budget = budget
     self.step = step
 
   def scalar(self, name, value, mean=True):
@@ -453,15 +480,17 @@ class Logger:
     """frames: uint8 [T, H, W, C]."""
     self._videos[name] = np.asarray(frames)
 
-  def write(self):
+  def write(self, updates):
+    """Write the scalars recorded since the last write; `updates` is the number
+    of gradient updates done so far."""
     metrics = {name: float(np.mean(values)) for name, values in self._scalars.items()}
-    now = time.time()
-    if self.step > self._last[1]:
-      metrics['fps'] = (self.step - self._last[1]) / (now - self._last[0])
-    self._last = (now, self.step)
-    print(f'[{self.step}]', ' / '.join(f'{k} {v:.3g}' for k, v in metrics.items()))
+    self._history.append((time.time(), self.step))
+    fps, eta = progress(self._history, self._budget)
+    timing = dict(budget=self._budget, updates=updates, fps=fps, eta=eta)
+    print(self._console_line(metrics, **timing), flush=True)
     with open(self._logdir / 'metrics.jsonl', 'a') as f:
-      f.write(json.dumps({'step': self.step, **metrics}) + '\n')
+      row = {k: v for k, v in timing.items() if v is not None}
+      f.write(json.dumps({'step': self.step, **row, **metrics}) + '\n')
     with self._writer.as_default():
       for name, value in metrics.items():
         tf.summary.scalar(name, value, self.step)
@@ -470,6 +499,12 @@ class Logger:
       self._write_gif(name, frames)
     self._scalars.clear()
     self._videos.clear()
+
+  def _console_line(self, metrics, budget, updates, fps, eta):
+    speed = 'speed unknown' if fps is None else f'{fps:.1f} env steps/s, ETA {duration(eta)}'
+    line = f'[{self.step}/{budget} env steps, {100 * self.step / budget:.1f}%] {updates} updates, {speed}'
+    shown = [f'{name} {metrics[name]:.4g}' for name in self.CONSOLE if name in metrics]
+    return ' | '.join([line] + shown)
 
   def _write_gif(self, name, frames):
     folder = self._logdir / 'videos'

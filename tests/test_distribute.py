@@ -1,7 +1,9 @@
 """Scaling out: tf.distribute and mixed precision."""
 
 import json
+import os
 import pathlib
+import socket
 import subprocess
 import sys
 import textwrap
@@ -134,3 +136,55 @@ def test_batch_not_divisible_by_replicas_stops_before_writing_the_run(tmp_path, 
     dreamer.main(config)
   assert not (tmp_path / 'run' / 'config.json').exists()
   assert not (tmp_path / 'run' / 'episodes').exists()
+
+
+def free_ports(count):
+  sockets = [socket.socket() for _ in range(count)]
+  for sock in sockets:
+    sock.bind(('127.0.0.1', 0))
+  ports = [sock.getsockname()[1] for sock in sockets]
+  for sock in sockets:
+    sock.close()
+  return ports
+
+
+def test_two_workers_on_localhost_train_in_lockstep_and_keep_their_own_checkpoints(tmp_path):
+  cluster = {'worker': [f'127.0.0.1:{port}' for port in free_ports(2)]}
+  logdirs = [tmp_path / f'worker{index}' for index in range(2)]
+  processes = []
+  for index, logdir in enumerate(logdirs):
+    env = dict(os.environ, TF_CONFIG=json.dumps({'cluster': cluster, 'task': {'type': 'worker', 'index': index}}))
+    command = [
+        sys.executable, str(ROOT / 'dreamer.py'), '--configs', 'debug', '--task', 'dmc_cartpole_balance',
+        '--strategy', 'multi_worker', '--logdir', str(logdir), '--steps', '600', '--log_images', 'False']
+    with open(tmp_path / f'worker{index}.log', 'w') as log:
+      processes.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
+  try:
+    codes = [process.wait(timeout=1200) for process in processes]
+  finally:
+    for process in processes:
+      if process.poll() is None:
+        process.kill()
+        process.wait()
+  logs = [(tmp_path / f'worker{index}.log').read_text() for index in range(2)]
+  assert codes == [0, 0], '\n'.join(log[-3000:] for log in logs)
+  # Each worker collected its own data (seed + 10000 x worker index) ...
+  returns = [[row['train/return'] for row in metrics(logdir) if 'train/return' in row] for logdir in logdirs]
+  assert len(returns[0]) == len(returns[1]) == 3 and returns[0] != returns[1]
+  # ... yet the replicas' all-reduced losses and the weights after every phase agree.
+  losses = [[row['train/model_loss'] for row in metrics(logdir) if 'train/model_loss' in row] for logdir in logdirs]
+  assert len(losses[0]) == 2 and losses[0] == losses[1]
+  for logdir in logdirs:  # One checkpoint per phase, each worker in its own folder.
+    assert sorted(f.name for f in (logdir / 'checkpoints').iterdir()) == ['ckpt-1', 'ckpt-2']
+  for name in ('ckpt-1', 'ckpt-2'):
+    readers = [tf.train.load_checkpoint(str(logdir / 'checkpoints' / name / 'ckpt')) for logdir in logdirs]
+    variables = sorted(readers[0].get_variable_to_shape_map())
+    assert variables == sorted(readers[1].get_variable_to_shape_map()) and len(variables) > 100
+    for variable in variables:
+      np.testing.assert_array_equal(readers[0].get_tensor(variable), readers[1].get_tensor(variable), variable)
+  updates = readers[0].get_tensor('agent/updates/.ATTRIBUTES/VARIABLE_VALUE')
+  assert updates == 5 + 3  # Pretrain, then one phase of train_steps.
+
+
+def metrics(logdir):
+  return [json.loads(line) for line in (logdir / 'metrics.jsonl').read_text().splitlines()]
