@@ -230,71 +230,90 @@ class Dreamer(tf.Module):
     return grads, metrics
 
   def _model_loss(self, data, noise=None):
-    """World-model loss (SPEC 3); `noise` as for `RSSM.observe`."""
+    """World-model loss (SPEC 3), posterior states and metrics; `noise` as for
+    `RSSM.observe`."""
+    out = self._model_outputs(data, noise)
+    metrics = {k: out[k] for k in ('image_loss', 'reward_loss', 'pcont_loss') if k in out}
+    metrics.update(
+        kl=tf.reduce_mean(out['kl']),
+        prior_ent=tf.reduce_mean(self.dynamics.get_dist(out['prior']).entropy()),
+        post_ent=tf.reduce_mean(self.dynamics.get_dist(out['post']).entropy()))
+    return out['model_loss'], out['post'], metrics
+
+  def _model_outputs(self, data, noise=None):
+    """Every intermediate of the world-model loss, named as in the golden file
+    (docs/REFERENCE.md): states, features, head means, KL per step, loss terms."""
     c = self._c
     embed = self.encoder(data['image'])
     post, prior = self.dynamics.observe(embed, data['action'], noise=noise)
     feat = self.dynamics.get_feat(post)
+    image, reward = self.decoder(feat), self.reward(feat)
+    out = dict(embed=embed, post=post, prior=prior, feat=feat, image_mean=image.mean(), reward_mean=reward.mean())
     likes = dict(
-        image=tf.reduce_mean(self.decoder(feat).log_prob(data['image'])),
-        reward=tf.reduce_mean(self.reward(feat).log_prob(data['reward'])))
+        image=tf.reduce_mean(image.log_prob(data['image'])),
+        reward=tf.reduce_mean(reward.log_prob(data['reward'])))
     if self.pcont:
+      pcont = self.pcont(feat)
+      out['pcont_mean'] = pcont.mean()
       target = data['discount'] * c.discount
-      likes['pcont'] = c.pcont_scale * tf.reduce_mean(self.pcont(feat).log_prob(target))
-    prior_dist = self.dynamics.get_dist(prior)
-    post_dist = self.dynamics.get_dist(post)
-    kl = post_dist.kl_divergence(prior_dist)
+      likes['pcont'] = c.pcont_scale * tf.reduce_mean(pcont.log_prob(target))
+    kl = self.dynamics.get_dist(post).kl_divergence(self.dynamics.get_dist(prior))
     if c.free_nats_per_step:  # TF1 code: clip each step, then average.
       div = tf.reduce_mean(tf.maximum(kl, c.free_nats))
     else:  # TF2 code: clip the mean over the whole batch, across replicas.
       batch_kl = tf.distribute.get_replica_context().all_reduce('mean', tf.stop_gradient(tf.reduce_mean(kl)))
       div = tf.where(batch_kl > c.free_nats, tf.reduce_mean(kl), c.free_nats)
-    model_loss = c.kl_scale * div - sum(likes.values())
-    metrics = {f'{k}_loss': -v for k, v in likes.items()}
-    metrics.update(
-        kl=tf.reduce_mean(kl), prior_ent=tf.reduce_mean(prior_dist.entropy()),
-        post_ent=tf.reduce_mean(post_dist.entropy()))
-    return model_loss, post, metrics
+    out.update({f'{k}_loss': -v for k, v in likes.items()})
+    out.update(kl=kl, kl_loss=div, model_loss=c.kl_scale * div - sum(likes.values()))
+    return out
 
   def _imagine_ahead(self, post, noise=None):
     """Features [H, N, F] of H imagined steps from every posterior state (SPEC 4).
     `noise`, if given, is dict(stoch=[H, N, stoch], action=[H, N, A]): the
     standard-normal draws of the imagined states and of the actor's samples."""
-    c = self._c
-    if self.pcont:  # The last step may be terminal.
-      post = {k: v[:, :-1] for k, v in post.items()}
-    flatten = lambda x: tf.reshape(x, [-1] + x.shape[2:].as_list())
-    start = {k: flatten(tf.stop_gradient(v)) for k, v in post.items()}
 
     def step(prev, x):
       feat = tf.stop_gradient(self.dynamics.get_feat(prev))
       action = self.actor(feat).sample(noise=x.get('action'))
       return self.dynamics.img_step(prev, action, x.get('stoch'))
 
-    states = tf.scan(step, dict(step=tf.range(c.horizon), **(noise or {})), start)
+    states = tf.scan(step, dict(step=tf.range(self._c.horizon), **(noise or {})), self._imagine_start(post))
     return self.dynamics.get_feat(states)
 
+  def _imagine_start(self, post):
+    """The stopped posterior states [N, ...] imagination starts from (SPEC 4)."""
+    if self.pcont:  # The last step may be terminal.
+      post = {k: v[:, :-1] for k, v in post.items()}
+    flatten = lambda x: tf.reshape(x, [-1] + x.shape[2:].as_list())
+    return {k: flatten(tf.stop_gradient(v)) for k, v in post.items()}
+
   def _behaviour_losses(self, imag_feat):
-    """Actor and value losses from lambda-returns (SPEC 4, paper eq. 6-8)."""
+    """Actor and value losses and metrics (SPEC 4)."""
+    out = self._behaviour_outputs(imag_feat)
+    metrics = dict(imag_reward=tf.reduce_mean(out['reward']), imag_return=tf.reduce_mean(out['returns']))
+    return out['actor_loss'], out['value_loss'], metrics
+
+  def _behaviour_outputs(self, imag_feat):
+    """Imagined rewards, continuations, values, lambda-returns, weights and the
+    actor and value losses (SPEC 4, paper eq. 6-8), named as in the golden file."""
     c = self._c
     reward = self.reward(imag_feat).mode()
     if self.pcont:
       pcont = self.pcont(imag_feat).mean()
     else:
       pcont = c.discount * tf.ones_like(reward)
+    out = dict(reward=reward, pcont=pcont)
     if self.value:
       value_dist = self.value(imag_feat)
-      value = value_dist.mode()
+      value = out['value'] = value_dist.mode()
       returns = tools.lambda_return(reward[:-1], value[:-1], pcont[:-1], value[-1], c.disclam)
     else:  # Ablation: sum of imagined rewards, no bootstrap.
       returns = tools.lambda_return(reward[:-1], tf.zeros_like(reward[:-1]), pcont[:-1], tf.zeros_like(reward[-1]), 1.0)
     weights = tf.stop_gradient(tf.math.cumprod(tf.concat([tf.ones_like(pcont[:1]), pcont[:-2]], 0), 0))
-    actor_loss = -tf.reduce_mean(weights * returns)
-    value_loss = tf.constant(0.0)
+    out.update(returns=returns, weights=weights, actor_loss=-tf.reduce_mean(weights * returns), value_loss=tf.constant(0.0))
     if self.value:  # Regresses v(f_t) on the stopped returns, first H-1 steps.
-      value_loss = -tf.reduce_mean(weights * value_dist[:-1].log_prob(tf.stop_gradient(returns)))
-    metrics = dict(imag_reward=tf.reduce_mean(reward), imag_return=tf.reduce_mean(returns))
-    return actor_loss, value_loss, metrics
+      out['value_loss'] = -tf.reduce_mean(weights * value_dist[:-1].log_prob(tf.stop_gradient(returns)))
+    return out
 
   def preprocess(self, data):
     """uint8 images to [-0.5, 0.5] floats (SPEC 3); optional reward squashing."""

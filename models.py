@@ -21,6 +21,10 @@ class Module(tf.Module):
       self._layers[name] = ctor(*args, **kwargs)
     return self._layers[name]
 
+  def named_layers(self):
+    """{name: layer} of the layers created so far (the golden file's weight names)."""
+    return dict(getattr(self, '_layers', {}))
+
 
 def as_float32(x):
   """Distributions and losses stay float32 under mixed precision (SPEC 6)."""
@@ -39,6 +43,9 @@ class RSSM(Module):
     self._min_std = min_std
     self._batch_noise = batch_noise
     self._cell = keras.layers.GRUCell(deter)
+
+  def named_layers(self):
+    return {**super().named_layers(), 'gru': self._cell}
 
   def initial(self, batch_size):
     dtype = keras.mixed_precision.global_policy().compute_dtype
