@@ -1,0 +1,99 @@
+"""One writer per logdir: the lock in runs.py and the command line's use of it."""
+
+import concurrent.futures
+import datetime
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import runs
+import tools
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DEBUG = [sys.executable, str(ROOT / 'dreamer.py'), '--configs', 'debug', '--task', 'dmc_cartpole_balance', '--log_images', 'False']
+
+
+def start_holder(logdir, then='sys.stdin.read()'):
+  """A process that takes the lock, says so, then runs `then` (by default: waits
+  for its stdin to close)."""
+  script = textwrap.dedent(f'''
+      import sys
+      sys.path.insert(0, {str(ROOT)!r})
+      import runs
+      print(runs.lock_logdir({str(logdir)!r}), flush=True)
+      {then}
+  ''')
+  process = subprocess.Popen([sys.executable, '-c', script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  assert process.stdout.readline().strip() == 'None'  # Taken, and no dead holder's record found.
+  return process
+
+
+def record(logdir):
+  return json.loads((logdir / runs.LOCK_FILE).read_text())
+
+
+def test_live_holder_is_reported_and_refuses_a_second_writer(tmp_path):
+  assert runs.lock_holder(tmp_path) is None  # No lock file yet.
+  holder = start_holder(tmp_path)
+  try:
+    found = runs.lock_holder(tmp_path)
+    assert found['pid'] == holder.pid and found['host'] == socket.gethostname()
+    since = datetime.datetime.fromisoformat(found['since'])
+    assert abs((datetime.datetime.now().astimezone() - since).total_seconds()) < 600
+    assert found == record(tmp_path)
+    with pytest.raises(runs.LogdirInUse, match=f'in use by process {holder.pid} on host {socket.gethostname()}'):
+      runs.lock_logdir(tmp_path, patience=0.2)
+    assert record(tmp_path)['pid'] == holder.pid  # The refused start did not touch the record.
+  finally:
+    holder.stdin.close()
+    holder.wait()
+
+
+def test_lock_of_a_killed_holder_is_free_and_taken_over_with_its_record(tmp_path):
+  holder = start_holder(tmp_path)
+  holder.send_signal(signal.SIGKILL)
+  holder.wait()
+  assert record(tmp_path)['pid'] == holder.pid  # Its record stays behind...
+  assert runs.lock_holder(tmp_path) is None  # ...but nothing holds the lock.
+  stale = runs.lock_logdir(tmp_path)
+  assert stale['pid'] == holder.pid and stale['host'] == socket.gethostname()
+  assert record(tmp_path)['pid'] == os.getpid()
+  assert runs.lock_logdir(tmp_path) is None  # This process holds it already.
+  assert runs.lock_holder(tmp_path)['pid'] == os.getpid()
+
+
+def test_normal_exit_leaves_no_record_so_the_next_start_does_not_warn(tmp_path):
+  holder = start_holder(tmp_path, then='sys.exit(3)')
+  assert holder.wait() == 3
+  assert (tmp_path / runs.LOCK_FILE).read_text() == ''
+  assert runs.lock_holder(tmp_path) is None
+  assert runs.lock_logdir(tmp_path) is None
+
+
+def test_start_waits_out_a_readers_probe(tmp_path):
+  """A reader (the sweep's --status) holds a shared lock for an instant; a start
+  that meets it retries within its patience instead of giving up."""
+  probe = subprocess.Popen([sys.executable, '-c', textwrap.dedent(f'''
+      import fcntl, os, sys
+      fd = os.open({str(tmp_path / runs.LOCK_FILE)!r}, os.O_RDONLY | os.O_CREAT)
+      fcntl.flock(fd, fcntl.LOCK_SH)
+      print('probing', flush=True)
+      sys.stdin.read()
+  ''')], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  assert probe.stdout.readline().strip() == 'probing'
+  with pytest.raises(runs.LogdirInUse, match='in use by a process that has not recorded itself yet'):
+    runs.lock_logdir(tmp_path, patience=0)
+  with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    start = pool.submit(runs.lock_logdir, tmp_path, patience=600)
+    probe.stdin.close()  # The probe ends.
+    assert start.result() is None
+  probe.wait()
+  assert record(tmp_path)['pid'] == os.getpid()
