@@ -42,12 +42,12 @@ def record(logdir):
 
 def test_live_holder_is_reported_and_refuses_a_second_writer(tmp_path):
   assert runs.lock_holder(tmp_path) is None  # No lock file yet.
+  before = datetime.datetime.now().astimezone().replace(microsecond=0)
   holder = start_holder(tmp_path)
   try:
     found = runs.lock_holder(tmp_path)
     assert found['pid'] == holder.pid and found['host'] == socket.gethostname()
-    since = datetime.datetime.fromisoformat(found['since'])
-    assert abs((datetime.datetime.now().astimezone() - since).total_seconds()) < 600
+    assert before <= datetime.datetime.fromisoformat(found['since']) <= datetime.datetime.now().astimezone()
     assert found == record(tmp_path)
     with pytest.raises(runs.LogdirInUse, match=f'in use by process {holder.pid} on host {socket.gethostname()}'):
       runs.lock_logdir(tmp_path, patience=0.2)
@@ -97,3 +97,48 @@ def test_start_waits_out_a_readers_probe(tmp_path):
     assert start.result() is None
   probe.wait()
   assert record(tmp_path)['pid'] == os.getpid()
+
+
+def test_two_starts_on_one_logdir_one_trains_and_a_killed_holder_is_taken_over(tmp_path):
+  logdir = tmp_path / 'run'
+  command = DEBUG + ['--logdir', str(logdir)]
+  starts = [subprocess.Popen(command + ['--steps', '400'], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+  outputs = {process.pid: process.communicate(timeout=600) for process in starts}
+  (winner,) = [p for p in starts if p.returncode == 0]
+  (loser,) = [p for p in starts if p.returncode != 0]
+  assert loser.returncode == 2, outputs[loser.pid][1][-3000:]
+  stdout, stderr = outputs[loser.pid]
+  assert stdout == ''  # Stopped before any work.
+  # The last line, after TensorFlow's own start-up notices.
+  assert stderr.strip().splitlines()[-1] == (
+      f'Error: {logdir} is in use by process {winner.pid} on host {socket.gethostname()} '
+      f'(since {record_since(stderr)}); wait for it to end, stop it, or use another --logdir.')
+  assert 'Traceback' not in stderr
+  assert outputs[winner.pid][0].count('Prefill') == 1
+  rows = [json.loads(line) for line in (logdir / 'metrics.jsonl').read_text().splitlines()]
+  assert [row['step'] for row in rows if 'test/return' in row] == [200]  # One run's evaluation.
+  assert tools.count_steps(logdir / 'episodes', 2) == 400
+
+  # A holder killed mid-run leaves its record; the next start takes over and resumes.
+  holder = subprocess.Popen(command + ['--steps', '600'], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  while tools.count_steps(logdir / 'episodes', 2) <= 400:  # Until it has collected an episode.
+    assert holder.poll() is None
+    time.sleep(0.2)
+  assert runs.lock_holder(logdir)['pid'] == holder.pid  # What the sweep's --status reads.
+  holder.send_signal(signal.SIGKILL)
+  holder.wait()
+  assert runs.lock_holder(logdir) is None and record(logdir)['pid'] == holder.pid
+  final = subprocess.run(command + ['--steps', '600'], capture_output=True, text=True, timeout=600)
+  assert final.returncode == 0, final.stderr[-3000:]
+  warnings = [line for line in final.stderr.splitlines() if line.startswith('Warning: took over')]
+  assert warnings == [f'Warning: took over the lock of {logdir} from process {holder.pid} on host {socket.gethostname()} '
+                      f'(since {record_since(warnings[0])}), which is no longer running.']
+  assert 'Resumed from' in final.stdout and 'Prefill' not in final.stdout
+  for filename in (logdir / 'episodes').glob('*.npz'):
+    tools.load_episode(filename)
+  assert tools.count_steps(logdir / 'episodes', 2) == 600
+  assert (logdir / runs.LOCK_FILE).read_text() == ''  # Its normal exit cleared the record.
+
+
+def record_since(line):
+  return line.split('(since ')[1].split(')')[0]
