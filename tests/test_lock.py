@@ -99,6 +99,21 @@ def test_start_waits_out_a_readers_probe(tmp_path):
   assert record(tmp_path)['pid'] == os.getpid()
 
 
+def test_traceback_of_an_error_only_with_dreamer_traceback_set(tmp_path):
+  holder = start_holder(tmp_path)
+  try:
+    command = DEBUG + ['--logdir', str(tmp_path)]
+    plain = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    shown = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, 'DREAMER_TRACEBACK': '1'})
+  finally:
+    holder.stdin.close()
+    holder.wait()
+  assert plain.returncode == 2 and 'Traceback' not in plain.stderr
+  assert plain.stderr.strip().splitlines()[-1].startswith(f'Error: {tmp_path} is in use by process {holder.pid} ')
+  assert shown.returncode == 1
+  assert 'Traceback (most recent call last)' in shown.stderr and 'runs.LogdirInUse' in shown.stderr
+
+
 def test_two_starts_on_one_logdir_one_trains_and_a_killed_holder_is_taken_over(tmp_path):
   logdir = tmp_path / 'run'
   command = DEBUG + ['--logdir', str(logdir)]
