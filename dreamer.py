@@ -19,6 +19,7 @@ import textwrap
 
 import numpy as np
 
+import runs
 import wrappers
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
@@ -457,6 +458,15 @@ def seed_everything(config):
     tf.config.experimental.enable_op_determinism()
 
 
+def take_logdir(logdir):
+  """Become the logdir's one writer for the rest of the process, or raise
+  runs.LogdirInUse naming the live holder (README, Robustness)."""
+  with tools.writing(logdir / runs.LOCK_FILE):
+    stale = runs.lock_logdir(logdir)
+  if stale:
+    print(f'Warning: took over the lock of {logdir} from {runs.describe(stale)}, which is no longer running.', file=sys.stderr)
+
+
 def run_checkpoints(logdir, agent, keep):
   """The checkpoints of a run and their counters: the env step each was saved at
   and the last period of each schedule that ran (so a resumed run keeps its
@@ -506,9 +516,10 @@ def evaluate(config):
 
 
 def main(config):
+  logdir = pathlib.Path(config.logdir).expanduser()
+  take_logdir(logdir)
   if config.mode == 'eval':
     return evaluate(config)
-  logdir = pathlib.Path(config.logdir).expanduser()
   strategy = setup_devices(config)
   config = worker_config(config, strategy)
   seed_everything(config)
@@ -744,8 +755,16 @@ def check_logdir(config):
   return None
 
 
+# Errors that end a run with one line instead of a traceback, and their exit codes
+# (README, Robustness). Bad flags exit 2 through argparse.
+EXIT_CODES = {runs.LogdirInUse: 2, tools.WriteError: 3, RunError: 1}
+
+
 if __name__ == '__main__':
   try:
     main(parse_args())
-  except RunError as e:
-    sys.exit(f'Error: {e}')
+  except tuple(EXIT_CODES) as e:
+    if os.environ.get('DREAMER_TRACEBACK') == '1':
+      raise
+    print(f'Error: {e}', file=sys.stderr)
+    sys.exit(next(code for kind, code in EXIT_CODES.items() if isinstance(e, kind)))

@@ -3,6 +3,7 @@ optimisers, logging and the environment loop."""
 
 import collections
 import concurrent.futures
+import contextlib
 import datetime
 import json
 import os
@@ -32,7 +33,6 @@ def save_episode(directory, episode):
   """Write one episode as `<timestamp>-<uuid>-<length>.npz`, atomically: a reader
   never sees a partial file, even if the process dies while writing."""
   directory = pathlib.Path(directory)
-  directory.mkdir(parents=True, exist_ok=True)
   timestamp = datetime.datetime.now().strftime('%Y%m%dT%H%M%S%f')  # Sorts in save order.
   length = len(episode['reward'])
   filename = directory / f'{timestamp}-{uuid.uuid4().hex}-{length}.npz'
@@ -41,15 +41,48 @@ def save_episode(directory, episode):
 
 
 def atomic_write(filename, write):
-  """Call write(file) on a temporary file beside `filename`, fsync, rename."""
+  """Call write(file) on a temporary file beside `filename` (creating its folder),
+  fsync, rename. If that fails the temporary file is removed and a WriteError raised."""
   filename = pathlib.Path(filename)
   temp = filename.with_name(f'.{filename.name}.tmp')
-  with open(temp, 'wb') as f:
-    write(f)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(temp, filename)
-  fsync(filename.parent)
+  with writing(filename):
+    filename.parent.mkdir(parents=True, exist_ok=True)
+    try:
+      with open(temp, 'wb') as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+      os.replace(temp, filename)
+    except BaseException:
+      temp.unlink(missing_ok=True)
+      raise
+    fsync(filename.parent)
+
+
+class WriteError(Exception):
+  """A write into the logdir failed (disk full, quota, I/O error); the message
+  names the path, the error and what to do."""
+
+
+@contextlib.contextmanager
+def writing(path):
+  """Turn an OS or TensorFlow error raised inside into a WriteError naming `path`.
+  TensorFlow's writers raise OpErrors (ResourceExhaustedError for a full disk)."""
+  try:
+    yield
+  except (OSError, tf.errors.OpError) as e:
+    raise WriteError(
+        f'Cannot write {path}: {os_reason(e)}. Free space (or fix the cause) and rerun '
+        'the same command to resume.') from e
+
+
+def os_reason(error):
+  """The system's words for an error: strerror, or for TensorFlow the end of the
+  first message line ('<file>; No space left on device [Op:SaveV2]')."""
+  if isinstance(error, OSError):
+    return error.strerror or str(error)
+  line = re.sub(r'\{\{.*?\}\}|\[Op:\w+\]', '', error.message.partition('\n')[0])
+  return line.rpartition('; ')[2].strip() or type(error).__name__
 
 
 def fsync(path):
@@ -244,17 +277,25 @@ class Checkpoints:
     return [folder for _, folder in sorted(self._numbered().items())]
 
   def save(self):
+    """Write the next checkpoint, or remove its temporary folder and raise a
+    WriteError; temporary folders of killed runs are removed first."""
     saved = self.saved()
     number = max(self._numbered(), default=0) + 1
+    for leftover in self.directory.glob('.tmp-ckpt-*'):
+      shutil.rmtree(leftover, ignore_errors=True)
     temp = self.directory / f'.tmp-ckpt-{number}'
-    shutil.rmtree(temp, ignore_errors=True)
-    tf.train.Checkpoint(**self._objects).write(str(temp / 'ckpt'))
-    for filename in temp.iterdir():
-      fsync(filename)
-    fsync(temp)
     folder = self.directory / f'ckpt-{number}'
-    os.rename(temp, folder)
-    fsync(self.directory)
+    with writing(temp):
+      try:
+        tf.train.Checkpoint(**self._objects).write(str(temp / 'ckpt'))
+        for filename in temp.iterdir():
+          fsync(filename)
+        fsync(temp)
+        os.rename(temp, folder)
+      except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+      fsync(self.directory)
     for old in (saved + [folder])[:-self._keep]:
       shutil.rmtree(old)
     return folder
@@ -463,7 +504,9 @@ class Logger:
 
   def __init__(self, logdir, step, budget):
     self._logdir = pathlib.Path(logdir)
-    self._writer = tf.summary.create_file_writer(str(self._logdir))
+    self._events = f'the TensorBoard events in {self._logdir}'
+    with writing(self._events):
+      self._writer = tf.summary.create_file_writer(str(self._logdir))
     self._scalars = collections.defaultdict(list)
     self._videos = {}
     self._history = collections.deque([(time.time(), step)], self.WINDOW + 1)
@@ -488,13 +531,11 @@ class Logger:
     fps, eta = progress(self._history, self._budget)
     timing = dict(budget=self._budget, updates=updates, fps=fps, eta=eta)
     print(self._console_line(metrics, **timing), flush=True)
-    with open(self._logdir / 'metrics.jsonl', 'a') as f:
-      row = {k: v for k, v in timing.items() if v is not None}
-      f.write(json.dumps({'step': self.step, **row, **metrics}) + '\n')
-    with self._writer.as_default():
+    self._append_metrics({'step': self.step, **{k: v for k, v in timing.items() if v is not None}, **metrics})
+    with writing(self._events), self._writer.as_default():
       for name, value in metrics.items():
         tf.summary.scalar(name, value, self.step)
-    self._writer.flush()
+      self._writer.flush()
     for name, frames in self._videos.items():
       self._write_gif(name, frames)
     self._scalars.clear()
@@ -506,7 +547,20 @@ class Logger:
     shown = [f'{name} {metrics[name]:.4g}' for name in self.CONSOLE if name in metrics]
     return ' | '.join([line] + shown)
 
+  def _append_metrics(self, row):
+    """One line onto metrics.jsonl; a failed write is cut off again, so the file
+    never ends in a partial line."""
+    filename = self._logdir / 'metrics.jsonl'
+    line = memoryview((json.dumps(row) + '\n').encode())
+    with writing(filename), open(filename, 'ab', buffering=0) as f:
+      size = f.seek(0, os.SEEK_END)
+      try:
+        while line:  # An unbuffered write may take part of the line.
+          line = line[f.write(line):]
+      except OSError:
+        f.truncate(size)
+        raise
+
   def _write_gif(self, name, frames):
-    folder = self._logdir / 'videos'
-    folder.mkdir(exist_ok=True)
-    (folder / f'{name.replace("/", "_")}_{self.step}.gif').write_bytes(gif(frames))
+    data = gif(frames)
+    atomic_write(self._logdir / 'videos' / f'{name.replace("/", "_")}_{self.step}.gif', lambda f: f.write(data))

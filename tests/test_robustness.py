@@ -1,17 +1,23 @@
-"""Crash safety, exact resume and determinism (runs the real command line)."""
+"""Crash safety, failed writes, exact resume and determinism (runs the real command line)."""
 
+import contextlib
+import functools
 import json
 import pathlib
 import random
+import resource
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
 import tools
+from test_tools import random_episode
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEBUG = [sys.executable, str(ROOT / 'dreamer.py'), '--configs', 'debug', '--task', 'dmc_cartpole_balance']
@@ -123,3 +129,152 @@ def test_deterministic_runs_repeat_exactly_and_seeds_differ(tmp_path):
   assert len(runs['a']) >= 3
   assert runs['a'] == runs['b']
   assert runs['a'] != runs['c']
+
+
+# Failed writes: real OS errors at the real write calls.
+
+ADVICE = '. Free space (or fix the cause) and rerun the same command to resume.'
+
+
+@contextlib.contextmanager
+def file_size_limit(limit=2 ** 20):
+  """Inside, a write that would grow a file past `limit` bytes writes what fits,
+  then fails with EFBIG ('File too large'): RLIMIT_FSIZE, in this process only."""
+  soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+  handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # Else the signal kills the process.
+  resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+  try:
+    yield
+  finally:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    signal.signal(signal.SIGXFSZ, handler)
+
+
+@contextlib.contextmanager
+def tmpfs(folder, size):
+  """A tmpfs of `size` mounted at `folder`; skips the test where mounting is not allowed."""
+  folder.mkdir()
+  mount = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', str(folder)], capture_output=True, text=True)
+  if mount.returncode:
+    pytest.skip(f'cannot mount a tmpfs here: {mount.stderr.strip()}')
+  try:
+    yield folder
+  finally:
+    subprocess.run(['umount', '-l', str(folder)], check=True)
+
+
+def fill(folder):
+  """Take every free byte of the filesystem of `folder` with a filler file."""
+  with open(folder / 'filler', 'wb', buffering=0) as f:
+    with contextlib.suppress(OSError):
+      while True:
+        f.write(bytes(2 ** 16))
+
+
+@contextlib.contextmanager
+def full_disk(folder):
+  fill(folder)
+  try:
+    yield
+  finally:
+    (folder / 'filler').unlink()
+
+
+@pytest.fixture(params=['No space left on device', 'File too large'])
+def failing_disk(request, tmp_path):
+  """(folder, fail, error): inside `with fail():` a large write into the folder
+  fails with `error`, ENOSPC on a full 8 MB tmpfs or EFBIG past a 1 MB file size."""
+  if request.param == 'File too large':
+    yield tmp_path, file_size_limit, request.param
+    return
+  with tmpfs(tmp_path / 'disk', '8m') as folder:
+    yield folder, functools.partial(full_disk, folder), request.param
+
+
+def test_failed_episode_write_leaves_no_partial_file_and_keeps_the_others(failing_disk):
+  folder, fail, error = failing_disk
+  directory = folder / 'episodes'
+  rng = np.random.default_rng(0)
+  kept = tools.save_episode(directory, random_episode(101, rng))  # 1.2 MB: random images do not compress.
+  with fail(), pytest.raises(tools.WriteError) as raised:
+    tools.save_episode(directory, random_episode(101, rng))
+  message = str(raised.value)
+  assert message.startswith(f'Cannot write {directory}/') and message.endswith(f'-101.npz: {error}{ADVICE}')
+  assert [f.name for f in directory.iterdir()] == [kept.name]
+  tools.save_episode(directory, random_episode(101, rng))  # With space again.
+  episodes = tools.Episodes(directory)
+  episodes.update()
+  assert len(episodes.episodes) == 2
+
+
+def test_failed_checkpoint_write_removes_its_folder_and_the_previous_one_restores(failing_disk):
+  folder, fail, error = failing_disk
+  directory = folder / 'checkpoints'
+  (directory / '.tmp-ckpt-7').mkdir(parents=True)  # Left by a killed run.
+  variable = tf.Variable(tf.fill([600_000], 1.0))  # 2.4 MB.
+  checkpoints = tools.Checkpoints(directory, tf.train.Checkpoint(v=variable), keep=2)
+  checkpoints.save()
+  assert [f.name for f in directory.iterdir()] == ['ckpt-1']
+  variable.assign(tf.fill([600_000], 2.0))
+  with fail(), pytest.raises(tools.WriteError) as raised:
+    checkpoints.save()
+  # TensorFlow's SaveV2 error, in one line without its op or function names.
+  assert str(raised.value) == f'Cannot write {directory}/.tmp-ckpt-2: {error}{ADVICE}'
+  assert [f.name for f in directory.iterdir()] == ['ckpt-1']
+  assert checkpoints.restore().name == 'ckpt-1'
+  assert float(variable[0]) == 1.0
+
+
+def test_failed_metrics_write_leaves_no_partial_line_and_keeps_the_values(tmp_path):
+  logger = tools.Logger(tmp_path, 10)
+  filename = tmp_path / 'metrics.jsonl'
+  padding = 2 ** 20 - 10 - len(json.dumps({'step': 0, 'pad': ''}) + '\n')
+  filename.write_text(json.dumps({'step': 0, 'pad': 'x' * padding}) + '\n')  # 10 bytes below the limit.
+  before = filename.read_bytes()
+  logger.scalar('train/return', 5.0)
+  with file_size_limit(), pytest.raises(tools.WriteError) as raised:
+    logger.write()
+  assert str(raised.value) == f'Cannot write {filename}: File too large{ADVICE}'
+  assert filename.read_bytes() == before  # The 10 bytes that fitted were cut off again.
+  logger.write()
+  assert json.loads(filename.read_text().splitlines()[-1]) == {'step': 10, 'train/return': 5.0}
+
+
+def test_failed_video_write_leaves_no_partial_gif(tmp_path):
+  logger = tools.Logger(tmp_path, 10)
+  logger.video('test/policy', np.random.default_rng(0).integers(0, 256, (10, 128, 128, 3), dtype=np.uint8))
+  with file_size_limit(100_000), pytest.raises(tools.WriteError) as raised:
+    logger.write()
+  assert str(raised.value) == f'Cannot write {tmp_path}/videos/test_policy_10.gif: File too large{ADVICE}'
+  assert not list((tmp_path / 'videos').iterdir())
+
+
+def test_disk_full_during_a_run_stops_with_one_line_and_a_rerun_resumes(tmp_path):
+  with tmpfs(tmp_path / 'disk', '64m') as disk:
+    logdir = disk / 'run'
+    command = DEBUG + ['--logdir', str(logdir), '--steps', '600', '--log_images', 'False']
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not (logdir / 'checkpoints' / 'ckpt-1').exists():  # Fill the disk once a checkpoint is saved.
+      assert run.poll() is None, run.communicate()[1][-3000:]
+      time.sleep(0.2)
+    fill(disk)
+    _, stderr = run.communicate(timeout=600)
+    assert run.returncode == 3, stderr[-3000:]
+    # The last line, after TensorFlow's own notices; which write fails first varies.
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith('Error: Cannot write ') and str(logdir) in last
+    assert last.endswith(f': No space left on device{ADVICE}')
+    assert 'Traceback' not in stderr
+    leftovers = [f for f in logdir.rglob('*') if f.name.endswith('.tmp') or f.name.startswith('.tmp-ckpt-')]
+    assert not leftovers
+    saved = sorted((logdir / 'episodes').glob('*.npz'))
+    (disk / 'filler').unlink()
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert 'Resumed from' in rerun.stdout and 'Prefill' not in rerun.stdout
+    assert 'Warning: took over' not in rerun.stderr  # The failed run cleared its lock record.
+    episodes = sorted((logdir / 'episodes').glob('*.npz'))
+    assert set(saved) <= set(episodes)
+    for filename in episodes:
+      tools.load_episode(filename)
+    assert tools.count_steps(logdir / 'episodes', 2) == 600
