@@ -188,7 +188,7 @@ def test_exploration_amount_decays_by_half_life_to_floor():
 
 
 def test_no_value_ablation_sums_imagined_rewards():
-  config = tiny_config('--use_value', 'False', '--discount', '0.9')
+  config = tiny_config('--behavior', 'no_value', '--discount', '0.9')
   agent = dreamer.Dreamer(config, 2)
   assert agent.value is None
   feat = tf.random.normal([5, 3, config.stoch_size + config.deter_size])
