@@ -565,10 +565,12 @@ def validate(config):
     wrappers.check_task(config.task)
   except ValueError as e:
     return str(e)
-  sizes = ('steps', 'eval_every', 'eval_episodes', 'log_every', 'envs', 'action_repeat', 'time_limit', 'deter_size', 'stoch_size', 'num_units', 'cnn_depth', 'batch_size', 'batch_length', 'train_every', 'horizon', 'checkpoints', 'nonfinite_patience')
+  sizes = ('steps', 'eval_every', 'eval_episodes', 'log_every', 'envs', 'action_repeat', 'time_limit', 'deter_size', 'stoch_size', 'num_units', 'cnn_depth', 'batch_size', 'batch_length', 'train_every', 'horizon', 'checkpoints', 'nonfinite_patience', 'planet_horizon', 'planet_iterations', 'planet_candidates', 'planet_top')
   for key in sizes:
     if getattr(config, key) <= 0:
       return f'--{key} must be positive, got {getattr(config, key)}.'
+  if config.planet_top > config.planet_candidates:
+    return f'--planet_top {config.planet_top} exceeds --planet_candidates {config.planet_candidates}; refit to fewer of them.'
   rows = config.time_limit // config.action_repeat + 1
   if config.batch_length > rows:
     return f'--batch_length {config.batch_length} is longer than an episode ({rows} rows with --time_limit {config.time_limit} and --action_repeat {config.action_repeat}); lower it.'
