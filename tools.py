@@ -229,7 +229,8 @@ def cem(objective, shape, iterations, candidates, top):
     sample = tf.clip_by_value(mean[:, None] + std[:, None] * noise, -1, 1)
     _, best = tf.math.top_k(objective(sample), top)
     elite = tf.gather(sample, best, batch_dims=1)  # [B, top, H, A].
-    return tf.reduce_mean(elite, 1), tf.math.reduce_std(elite, 1)
+    keep = lambda x: tf.ensure_shape(x, mean.shape)  # The loop keeps static shapes.
+    return keep(tf.reduce_mean(elite, 1)), keep(tf.math.reduce_std(elite, 1))
 
   start = (tf.zeros(tf.stack(shape)), tf.ones(tf.stack(shape)))
   mean, _ = tf.while_loop(lambda mean, std: True, refit, start, maximum_iterations=iterations)

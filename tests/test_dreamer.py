@@ -371,13 +371,18 @@ def test_planner_returns_the_action_of_maximal_reward_for_each_start_state(monke
   np.testing.assert_allclose(action, [0.5, -0.2] - shift, atol=0.03)
 
 
-def test_planet_trains_the_world_model_only():
-  config = tiny_config('--behavior', 'planet')
+def test_planet_trains_the_world_model_only_and_plans_in_the_compiled_policy():
+  config = tiny_config('--behavior', 'planet', '--planet_candidates', '30', '--planet_top', '5')
   agent = dreamer.Dreamer(config, 2)
   assert [opt.name for opt, _ in agent._optimizers()] == ['model']
   metrics = agent.train(random_batch(config))
   assert not any(k.startswith(('actor_', 'value_', 'action_', 'imag_')) for k in metrics)
   assert np.isfinite(float(metrics['model_loss']))
+  image = np.zeros((2, 64, 64, 3), np.uint8)
+  action, state = dreamer.Policy(agent, True, 0.0)({'image': image}, np.array([True, True]), None)
+  assert action.shape == (2, 2) and np.all(np.abs(action) <= 1)
+  dreamer.Policy(agent, False, 0.3)({'image': image}, np.array([False, False]), state)
+  assert agent.policy_step.experimental_get_tracing_count() == 1
 
 
 def numpy_info_nce(z, mean, std):
