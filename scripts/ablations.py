@@ -63,12 +63,8 @@ def commands(studies, root, tasks, horizons, seeds, extra):
 
 
 def parse_args(argv):
-  argv = list(argv)
-  extra = []
-  if '--' in argv:
-    index = argv.index('--')
-    argv, extra = argv[:index], argv[index + 1:]
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+  parser.add_argument('extra', nargs='*', help='dreamer.py flags for every run, after --')
   parser.add_argument('--study', nargs='+', choices=('horizon', 'representation'), default=['horizon', 'representation'])
   parser.add_argument('--root', default='logdir/ablations', help='logdirs are <root>/<task>/<method>/<seed>')
   parser.add_argument('--tasks', nargs='+', default=TASKS, help='default: the paper\'s 20 DMC tasks')
@@ -83,12 +79,12 @@ def parse_args(argv):
       wrappers.check_task(task)
     except ValueError as e:
       parser.error(str(e))
-  return args, extra
+  return args
 
 
 def main(argv):
-  args, extra = parse_args(argv)
-  for command in commands(args.study, args.root, args.tasks, args.horizons, args.seeds, extra):
+  args = parse_args(argv)
+  for command in commands(args.study, args.root, args.tasks, args.horizons, args.seeds, args.extra):
     print(shlex.join(command), flush=True)
     if not args.dry_run:
       code = subprocess.run(command).returncode

@@ -426,3 +426,11 @@ def test_reward_objective_creates_trains_and_saves_no_decoder(tmp_path):
   assert set(k for k in metrics if k.endswith('_loss')) == {'reward_loss', 'model_loss', 'actor_loss', 'value_loss'}
   # Without an image term the loss is the KL (clipped at free nats) and the reward term.
   assert float(metrics['model_loss']) == pytest.approx(max(float(metrics['kl']), 3.0) + float(metrics['reward_loss']), rel=1e-5)
+
+
+@pytest.mark.parametrize('flag, old', [('--behavior', 'no_value'), ('--objective', 'contrastive')])
+def test_logdir_of_another_variant_is_not_resumed(tmp_path, flag, old):
+  (tmp_path / 'config.json').write_text(f'{{"{flag[2:]}": "{old}"}}')
+  config = tiny_config('--logdir', str(tmp_path / 'new'))  # The defaults, dreamer and reconstruction.
+  config.logdir = str(tmp_path)
+  assert dreamer.check_logdir(config) == f'{tmp_path} holds a run with {flag} {old}; resume with those settings or use a new --logdir.'
