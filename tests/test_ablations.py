@@ -12,7 +12,7 @@ SCRIPT = ROOT / 'scripts' / 'ablations.py'
 
 
 def ablations(*flags):
-  return subprocess.run([sys.executable, str(SCRIPT), *map(str, flags)], capture_output=True, text=True, timeout=120)
+  return subprocess.run([sys.executable, str(SCRIPT), *map(str, flags)], capture_output=True, text=True, timeout=600)
 
 
 def test_dry_run_prints_every_method_task_and_seed_with_its_flags(tmp_path):
