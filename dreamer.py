@@ -88,13 +88,14 @@ DEFAULTS = dict(
     # World model.
     deter_size=200, stoch_size=30, num_units=400, cnn_depth=32, dense_act='elu',
     cnn_act='relu', pcont=False, free_nats=3.0, free_nats_per_step=False,
-    kl_scale=1.0, pcont_scale=10.0, batch_noise='independent',
+    kl_scale=1.0, pcont_scale=10.0, batch_noise='independent', objective='reconstruction',
     # Optimisation and data.
     batch_size=50, batch_length=50, train_every=1000, train_steps=100, pretrain=100,
     model_lr=6e-4, value_lr=8e-5, actor_lr=8e-5, adam_epsilon=1e-7, grad_clip=100.0,
     weight_decay=0.0, weight_decay_pattern=r'.*', dataset_balance=False,
     # Behaviour.
-    discount=0.99, disclam=0.95, horizon=15, use_value=True,
+    behavior='dreamer', discount=0.99, disclam=0.95, horizon=15,
+    planet_horizon=12, planet_iterations=10, planet_candidates=1000, planet_top=100,
     action_dist='tanh_normal', action_init_std=5.0, expl='additive_gaussian',
     expl_amount=0.3, expl_decay=0.0, expl_min=0.0, eval_noise=0.0,
 )
@@ -130,6 +131,7 @@ PRESETS = dict(
 
 CHOICES = dict(
     mode=('train', 'eval'), precision=('32', '16', 'bf16'), batch_noise=('independent', 'shared'), strategy=('default', 'mirrored', 'multi_worker'),
+    objective=('reconstruction', 'contrastive', 'reward'), behavior=('dreamer', 'no_value', 'planet'),
     parallel=('none', 'thread', 'process'), clip_rewards=('none', 'tanh'),
     dense_act=('elu', 'relu'), cnn_act=('relu', 'elu'),
     action_dist=('tanh_normal', 'onehot'),
@@ -146,11 +148,15 @@ class Dreamer(tf.Module):
     self._strategy = tf.distribute.get_strategy()
     self.encoder = models.ConvEncoder(c.cnn_depth, c.cnn_act)
     self.dynamics = models.RSSM(c.stoch_size, c.deter_size, c.deter_size, c.dense_act, batch_noise=c.batch_noise)
-    self.decoder = models.ConvDecoder(c.cnn_depth, c.cnn_act)
+    # The image term of the world-model loss (SPEC 10): a decoder, a state model or none.
+    self.decoder = models.ConvDecoder(c.cnn_depth, c.cnn_act) if c.objective == 'reconstruction' else None
+    self.state_model = models.DenseHead((c.stoch_size,), 2, c.num_units, 'normal_std', c.dense_act) if c.objective == 'contrastive' else None
     self.reward = models.DenseHead((), 2, c.num_units, 'normal', c.dense_act)
     self.pcont = models.DenseHead((), 3, c.num_units, 'binary', c.dense_act) if c.pcont else None
-    self.value = models.DenseHead((), 3, c.num_units, 'normal', c.dense_act) if c.use_value else None
-    self.actor = models.ActionHead(action_size, 4, c.num_units, c.action_dist, c.dense_act, init_std=c.action_init_std)
+    # Behaviour (SPEC 4): actor and value, the actor alone (no value), or neither (PlaNet's planner).
+    self.value = models.DenseHead((), 3, c.num_units, 'normal', c.dense_act) if c.behavior == 'dreamer' else None
+    self.actor = None if c.behavior == 'planet' else models.ActionHead(
+        action_size, 4, c.num_units, c.action_dist, c.dense_act, init_std=c.action_init_std)
     optimizer = functools.partial(
         tools.Optimizer, eps=c.adam_epsilon, clip=c.grad_clip, wd=c.weight_decay,
         wd_pattern=c.weight_decay_pattern, loss_scaling=c.precision == '16')
@@ -162,7 +168,7 @@ class Dreamer(tf.Module):
     self._build()
     self.train = tf.function(self._train)
     self.policy_step = tf.function(self._policy)
-    self.openloop = tf.function(self._openloop)
+    self.openloop = tf.function(self._openloop) if self.decoder else None
 
   def _build(self):
     """Create every variable eagerly on a tiny batch, so that each compiled
@@ -173,14 +179,16 @@ class Dreamer(tf.Module):
     heads = [self.decoder, self.reward, self.actor, self.pcont, self.value]
     for head in filter(None, heads):
       head(feat)
+    if self.state_model:
+      self.state_model(self.encoder(image))
     for opt, variables in self._optimizers():
       opt.build(variables)
 
   def _optimizers(self):
-    world_model = [self.encoder, self.dynamics, self.decoder, self.reward, self.pcont]
-    pairs = [(self.model_opt, world_model), (self.actor_opt, [self.actor])]
-    if self.value:
-      pairs.append((self.value_opt, [self.value]))
+    """(optimiser, variables) of the world model, then of the actor and value if present."""
+    world_model = [self.encoder, self.dynamics, self.decoder, self.state_model, self.reward, self.pcont]
+    pairs = [(self.model_opt, world_model)]
+    pairs += [(opt, [head]) for opt, head in ((self.actor_opt, self.actor), (self.value_opt, self.value)) if head]
     return [(opt, [v for m in filter(None, mods) for v in m.trainable_variables]) for opt, mods in pairs]
 
   def _train(self, data, noise=None):
@@ -205,15 +213,26 @@ class Dreamer(tf.Module):
     dict(observe=, imagine=) of draws for `_model_loss` and `_imagine_ahead`."""
     noise = noise or {}
     data = self.preprocess(data)
-    (model_opt, model_vars), (actor_opt, actor_vars), *value = self._optimizers()
+    (model_opt, model_vars), *behaviour = self._optimizers()
     grads = {}
     with tf.GradientTape() as tape:
       model_loss, post, metrics = self._model_loss(data, noise.get('observe'))
     metrics['model_grad_norm'], metrics['model_skipped'], grads['model'] = model_opt.gradients(tape, model_loss, model_vars)
-    # A graph runs independent work in any order: start imagination only once the
-    # world-model backward pass has freed its activations, or both peak together.
-    with tf.control_dependencies(grads['model']):
-      post = tf.nest.map_structure(tf.identity, post)
+    metrics['model_loss'] = model_loss
+    if behaviour:  # PlaNet's planner learns nothing in imagination.
+      # A graph runs independent work in any order: start imagination only once the
+      # world-model backward pass has freed its activations, or both peak together.
+      with tf.control_dependencies(grads['model']):
+        post = tf.nest.map_structure(tf.identity, post)
+      behaviour_grads, behaviour_metrics = self._behaviour_gradients(post, noise.get('imagine'), behaviour)
+      grads.update(behaviour_grads)
+      metrics.update(behaviour_metrics)
+    return grads, metrics
+
+  def _behaviour_gradients(self, post, noise, optimizers):
+    """Actor (and value) gradients and metrics from imagination (SPEC 4)."""
+    (actor_opt, actor_vars), *value = optimizers
+    grads, metrics = {}, {}
     metrics['action_ent'] = tf.reduce_mean(self.actor(self.dynamics.get_feat(post)).entropy())
     # One non-persistent tape per loss, the value tape watching only the value head:
     # a persistent tape, or one that sees the imagination loop without needing its
@@ -221,13 +240,13 @@ class Dreamer(tf.Module):
     value_opt, value_vars = value[0] if value else (None, [])
     with tf.GradientTape() as actor_tape, tf.GradientTape(watch_accessed_variables=False) as value_tape:
       value_tape.watch(value_vars)
-      imag_feat = self._imagine_ahead(post, noise.get('imagine'))
+      imag_feat = self._imagine_ahead(post, noise)
       actor_loss, value_loss, behaviour_metrics = self._behaviour_losses(imag_feat)
     metrics['actor_grad_norm'], metrics['actor_skipped'], grads['actor'] = actor_opt.gradients(actor_tape, actor_loss, actor_vars)
     if value:
       metrics['value_grad_norm'], metrics['value_skipped'], grads['value'] = value_opt.gradients(value_tape, value_loss, value_vars)
       metrics['value_loss'] = value_loss
-    metrics.update(behaviour_metrics, model_loss=model_loss, actor_loss=actor_loss)
+    metrics.update(behaviour_metrics, actor_loss=actor_loss)
     return grads, metrics
 
   def _model_loss(self, data, noise=None):
@@ -248,11 +267,10 @@ class Dreamer(tf.Module):
     embed = self.encoder(data['image'])
     post, prior = self.dynamics.observe(embed, data['action'], noise=noise)
     feat = self.dynamics.get_feat(post)
-    image, reward = self.decoder(feat), self.reward(feat)
-    out = dict(embed=embed, post=post, prior=prior, feat=feat, image_mean=image.mean(), reward_mean=reward.mean())
-    likes = dict(
-        image=tf.reduce_mean(image.log_prob(data['image'])),
-        reward=tf.reduce_mean(reward.log_prob(data['reward'])))
+    reward = self.reward(feat)
+    likes, out = self._image_term(data['image'], embed, post, feat)
+    out.update(embed=embed, post=post, prior=prior, feat=feat, reward_mean=reward.mean())
+    likes['reward'] = tf.reduce_mean(reward.log_prob(data['reward']))
     if self.pcont:
       pcont = self.pcont(feat)
       out['pcont_mean'] = pcont.mean()
@@ -267,6 +285,20 @@ class Dreamer(tf.Module):
     out.update({f'{k}_loss': -v for k, v in likes.items()})
     out.update(kl=kl, kl_loss=div, model_loss=c.kl_scale * div - sum(likes.values()))
     return out
+
+  def _image_term(self, image, embed, post, feat):
+    """What the world model learns about the images, chosen by --objective (SPEC 10):
+    their log-likelihood under the decoder, the InfoNCE bound of the state model
+    q(z_t | o_t) over the batch, or nothing (reward only). Returns the
+    log-likelihood terms and the golden file's outputs of the term."""
+    if self.decoder:
+      dist = self.decoder(feat)
+      return dict(image=tf.reduce_mean(dist.log_prob(image))), dict(image_mean=dist.mean())
+    if self.state_model:
+      flat = lambda x: tf.reshape(x, [-1, x.shape[-1]])  # Every observation of the batch.
+      dist = self.state_model(flat(embed)).distribution  # Normal(loc, scale) [N, stoch].
+      return dict(contrastive=tf.reduce_mean(tools.info_nce(models.as_float32(flat(post['stoch'])), dist.loc, dist.scale))), {}
+    return {}, {}
 
   def _imagine_ahead(self, post, noise=None):
     """Features [H, N, F] of H imagined steps from every posterior state (SPEC 4).
@@ -335,11 +367,30 @@ class Dreamer(tf.Module):
     action = action * keep
     embed = self.encoder(self.preprocess({'image': image})['image'])
     latent, _ = self.dynamics.obs_step(latent, action, embed)
-    dist = self.actor(self.dynamics.get_feat(latent))
-    action = tf.cond(sample, dist.sample, dist.mode)
+    if self.actor:
+      dist = self.actor(self.dynamics.get_feat(latent))
+      action = tf.cond(sample, dist.sample, dist.mode)
+    else:
+      action = self._plan(latent)
     # No exploration at amount 0: evaluation adds noise only with --eval_noise > 0.
     action = tf.cond(amount > 0, lambda: self._explore(action, amount), lambda: action)
     return action, (latent, action)
+
+  def _plan(self, latent):
+    """PlaNet's action: the first of the action sequence that the cross-entropy
+    method finds best for the predicted rewards summed over planet_horizon imagined
+    steps from the current posterior state."""
+    c = self._c
+
+    def total_reward(actions):  # [B, N, H, A] candidate sequences -> [B, N].
+      batch, candidates = tf.shape(actions)[0], tf.shape(actions)[1]
+      start = {k: tf.repeat(v, candidates, 0) for k, v in latent.items()}
+      states = self.dynamics.imagine(tf.reshape(actions, [-1, c.planet_horizon, self._action_size]), start)
+      reward = self.reward(self.dynamics.get_feat(states)).mode()
+      return tf.reshape(tf.reduce_sum(reward, 1), [batch, candidates])
+
+    shape = [tf.shape(latent['deter'])[0], c.planet_horizon, self._action_size]
+    return tools.cem(total_reward, shape, c.planet_iterations, c.planet_candidates, c.planet_top)[:, 0]
 
   def _explore(self, action, amount):
     expl = self._c.expl
@@ -578,7 +629,7 @@ def main(config):
       logger.step = step
       log = due('log', config.log_every)
       # Videos: the first training phase and evaluation of each video_every period.
-      openloop_video = config.log_images and due('openloop_video', config.video_every, config.prefill)
+      openloop_video = config.log_images and agent.openloop is not None and due('openloop_video', config.video_every, config.prefill)
       first = int(agent.updates.numpy()) == 0
       updates = config.pretrain if first else config.train_steps
       if first:
@@ -719,10 +770,12 @@ def validate(config):
     wrappers.check_task(config.task)
   except ValueError as e:
     return str(e)
-  sizes = ('steps', 'eval_every', 'eval_episodes', 'log_every', 'video_every', 'envs', 'action_repeat', 'time_limit', 'deter_size', 'stoch_size', 'num_units', 'cnn_depth', 'batch_size', 'batch_length', 'train_every', 'horizon', 'checkpoints', 'nonfinite_patience')
+  sizes = ('steps', 'eval_every', 'eval_episodes', 'log_every', 'video_every', 'envs', 'action_repeat', 'time_limit', 'deter_size', 'stoch_size', 'num_units', 'cnn_depth', 'batch_size', 'batch_length', 'train_every', 'horizon', 'checkpoints', 'nonfinite_patience', 'planet_horizon', 'planet_iterations', 'planet_candidates', 'planet_top')
   for key in sizes:
     if getattr(config, key) <= 0:
       return f'--{key} must be positive, got {getattr(config, key)}.'
+  if config.planet_top > config.planet_candidates:
+    return f'--planet_top {config.planet_top} exceeds --planet_candidates {config.planet_candidates}; refit to fewer of them.'
   rows = config.time_limit // config.action_repeat + 1
   if config.batch_length > rows:
     return f'--batch_length {config.batch_length} is longer than an episode ({rows} rows with --time_limit {config.time_limit} and --action_repeat {config.action_repeat}); lower it.'
@@ -730,7 +783,7 @@ def validate(config):
 
 
 # Settings a run's episodes and checkpoints depend on: a logdir keeps them.
-RUN_DEFINING = ('task', 'action_repeat', 'deter_size', 'stoch_size', 'num_units', 'cnn_depth', 'dense_act', 'cnn_act', 'pcont', 'use_value', 'action_dist')
+RUN_DEFINING = ('task', 'action_repeat', 'deter_size', 'stoch_size', 'num_units', 'cnn_depth', 'dense_act', 'cnn_act', 'pcont', 'objective', 'behavior', 'action_dist')
 
 
 def check_logdir(config):

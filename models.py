@@ -184,27 +184,34 @@ class ConvDecoder(Module):
 
 
 class DenseHead(Module):
-  """MLP -> Normal(mean, 1) or Bernoulli(logits) over `shape` (SPEC 3-4)."""
+  """MLP -> Normal(mean, 1), Normal(mean, std) with a learned std of at least
+  `min_std` (the contrastive state model, SPEC 10) or Bernoulli(logits) over `shape`
+  (SPEC 3-4)."""
 
-  def __init__(self, shape, layers, units, dist='normal', act='elu'):
+  def __init__(self, shape, layers, units, dist='normal', act='elu', min_std=0.1):
     super().__init__()
     self._shape = tuple(shape)
     self._layers_count = layers
     self._units = units
     self._dist = dist
     self._act = act
+    self._min_std = min_std
 
   def __call__(self, features):
     x = features
     for i in range(self._layers_count):
       x = self.get(f'h{i}', keras.layers.Dense, self._units, self._act)(x)
-    x = self.get('out', keras.layers.Dense, int(np.prod(self._shape)))(x)
-    x = tf.reshape(as_float32(x), tf.concat([tf.shape(features)[:-1], self._shape], 0))
+    outputs = 2 if self._dist == 'normal_std' else 1
+    x = as_float32(self.get('out', keras.layers.Dense, outputs * int(np.prod(self._shape)))(x))
+    reshape = lambda y: tf.reshape(y, tf.concat([tf.shape(features)[:-1], self._shape], 0))
     if self._dist == 'normal':
-      return tfd.Independent(tfd.Normal(x, 1), len(self._shape))
+      return tfd.Independent(tfd.Normal(reshape(x), 1), len(self._shape))
+    if self._dist == 'normal_std':
+      mean, std = tf.split(x, 2, -1)
+      return tfd.Independent(tfd.Normal(reshape(mean), reshape(tf.nn.softplus(std) + self._min_std)), len(self._shape))
     if self._dist == 'binary':
-      return tfd.Independent(tfd.Bernoulli(logits=x, dtype=tf.float32), len(self._shape))
-    raise ValueError(f'Unknown head distribution {self._dist!r}; use normal or binary.')
+      return tfd.Independent(tfd.Bernoulli(logits=reshape(x), dtype=tf.float32), len(self._shape))
+    raise ValueError(f'Unknown head distribution {self._dist!r}; use normal, normal_std or binary.')
 
 
 class ActionHead(Module):

@@ -326,6 +326,43 @@ def lambda_return(reward, value, pcont, bootstrap, lambda_):
       (inputs, pcont), bootstrap, reverse=True)
 
 
+def cem(objective, shape, iterations, candidates, top):
+  """Cross-entropy method, as PlaNet plans: a diagonal Normal over action sequences
+  of `shape` [B, H, A], starting at mean 0 and std 1, refit `iterations` times to the
+  `top` of its `candidates` samples (clipped to [-1, 1]) by `objective`, which maps
+  samples [B, N, H, A] to scores [B, N]. Returns the final mean [B, H, A]."""
+  batch, rest = shape[0], list(shape[1:])
+
+  def refit(mean, std):
+    noise = tf.random.normal(tf.stack([batch, candidates, *rest]))
+    sample = tf.clip_by_value(mean[:, None] + std[:, None] * noise, -1, 1)
+    _, best = tf.math.top_k(objective(sample), top)
+    elite = tf.gather(sample, best, batch_dims=1)  # [B, top, H, A].
+    keep = lambda x: tf.ensure_shape(x, mean.shape)  # The loop keeps static shapes.
+    return keep(tf.reduce_mean(elite, 1)), keep(tf.math.reduce_std(elite, 1))
+
+  start = (tf.zeros(tf.stack(shape)), tf.ones(tf.stack(shape)))
+  mean, _ = tf.while_loop(lambda mean, std: True, refit, start, maximum_iterations=iterations)
+  return mean
+
+
+# Representation learning math (SPEC 10).
+
+def info_nce(z, mean, std):
+  """InfoNCE term of each state z_i [N, D]: log q(z_i | o_i) - log sum_j q(z_i | o_j),
+  where q(. | o_j) = Normal(mean_j, std_j) is diagonal and j runs over the batch. The
+  [N, N] log-densities come from matmuls of the expanded square, so no [N, N, D]
+  tensor is formed (0.75 GB for the paper's 2500 states)."""
+  precision = 1 / tf.square(std)
+  # sum_d (z_id - m_jd)^2 / s_jd^2 = z_i^2 . p_j - 2 z_i . (m_j p_j) + m_j^2 . p_j.
+  square = (tf.matmul(tf.square(z), precision, transpose_b=True)
+            - 2 * tf.matmul(z, mean * precision, transpose_b=True)
+            + tf.reduce_sum(tf.square(mean) * precision, -1)[None])
+  norm = tf.reduce_sum(tf.math.log(std), -1)[None] + 0.5 * z.shape[-1] * np.log(2 * np.pi)
+  log_q = -0.5 * square - norm  # log q(z_i | o_j) at [i, j].
+  return tf.linalg.diag_part(log_q) - tf.reduce_logsumexp(log_q, 1)
+
+
 # Distributions (SPEC 5).
 
 class ClippedTanh(tfp.bijectors.Tanh):

@@ -124,7 +124,7 @@ def analytic_flops(c, actions=ACTIONS):
   obs_step = img_step + dense_flops(c.deter_size + 32 * d, hidden) + dense_flops(hidden, 2 * c.stoch_size)
   reward = mlp_flops(feat, c.num_units, 2, 1)
   pcont = mlp_flops(feat, c.num_units, 3, 1) if c.pcont else 0
-  value = mlp_flops(feat, c.num_units, 3, 1) if c.use_value else 0
+  value = mlp_flops(feat, c.num_units, 3, 1) if c.behavior == 'dreamer' else 0
   actor = mlp_flops(feat, c.num_units, 4, 2 * actions)
   frames = c.batch_size * c.batch_length
   rows = c.batch_size * (c.batch_length - bool(c.pcont)) * c.horizon

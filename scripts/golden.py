@@ -44,6 +44,8 @@ def unsupported(config):
     return f'golden files are float32 on one device: use --precision 32 --strategy default (got {config.precision}, {config.strategy}).'
   if config.action_dist != 'tanh_normal':
     return 'golden files need --action_dist tanh_normal: the one-hot actor draws its own noise.'
+  if config.behavior == 'planet' or config.objective != 'reconstruction':
+    return 'golden files cover --behavior dreamer or no_value with --objective reconstruction.'
   return None
 
 

@@ -287,7 +287,7 @@ def behaviour(w, c, imag_feat):
   else:
     pcont = np.full_like(reward, c['discount'])
   out = dict(reward=reward, pcont=pcont)
-  if c['use_value']:
+  if c['behavior'] == 'dreamer':
     value, lambda_ = mlp(w, 'value', imag_feat, act)[..., 0], c['disclam']
     out['value'] = value
   else:  # Ablation: the sum of imagined rewards, no bootstrap.
@@ -298,7 +298,7 @@ def behaviour(w, c, imag_feat):
     last = returns[t] = reward[t] + pcont[t] * ((1 - lambda_) * value[t + 1] + lambda_ * last)
   weights = np.cumprod(np.concatenate([np.ones_like(pcont[:1]), pcont[:-2]]), 0)
   out.update(returns=returns, weights=weights, actor_loss=-np.mean(weights * returns), value_loss=0.0)
-  if c['use_value']:  # -log Normal(R; v, 1).
+  if c['behavior'] == 'dreamer':  # -log Normal(R; v, 1).
     out['value_loss'] = np.mean(weights * (0.5 * (returns - value[:-1]) ** 2 + 0.5 * np.log(2 * np.pi)))
   return {f'imagine/{k}': v for k, v in out.items()}
 

@@ -50,7 +50,7 @@ def test_analytic_flop_formula():
   assert benchmark.mlp_flops(4, 8, 2, 1) == 2 * (4 * 8 + 8 * 8 + 8 * 1)
   paper = types.SimpleNamespace(
       cnn_depth=32, stoch_size=30, deter_size=200, num_units=400, batch_size=50,
-      batch_length=50, horizon=15, pcont=False, use_value=True)
+      batch_length=50, horizon=15, pcont=False, behavior='dreamer')
   flops = benchmark.analytic_flops(paper, actions=6)
   # The estimate: ~0.6 TFLOP of convs, ~0.35 of imagination, ~0.95 in all.
   assert abs(flops['conv'] / 0.6e12 - 1) < 0.05

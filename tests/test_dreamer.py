@@ -190,7 +190,7 @@ def test_exploration_amount_decays_by_half_life_to_floor():
 
 
 def test_no_value_ablation_sums_imagined_rewards():
-  config = tiny_config('--use_value', 'False', '--discount', '0.9')
+  config = tiny_config('--behavior', 'no_value', '--discount', '0.9')
   agent = dreamer.Dreamer(config, 2)
   assert agent.value is None
   feat = tf.random.normal([5, 3, config.stoch_size + config.deter_size])
@@ -420,3 +420,99 @@ def test_tf_startup_filter_passes_real_stderr_lines_through_after_the_block(capf
   err = capfd.readouterr().err
   assert 'A real warning.' in err and 'A real error.' in err and 'A Python line.' in err
   assert 'oneDNN' not in err and 'InitializeLog' not in err
+
+
+class ShiftedActionModel:
+  """Hand-built world model for the planner: the state after an action is the
+  action plus the start state's `stoch`, the reward -|state - target|^2, so the best
+  action of every step is target - start['stoch']."""
+
+  def __init__(self, target):
+    self.target = tf.constant(target)
+
+  def imagine(self, action, state):
+    return dict(stoch=action + state['stoch'][:, None])
+
+  def get_feat(self, state):
+    return state['stoch']
+
+  def reward(self, feat):
+    return tfd.Normal(-tf.reduce_sum(tf.square(feat - self.target), -1), 1.0)
+
+
+def test_planner_returns_the_action_of_maximal_reward_for_each_start_state(monkeypatch):
+  config = tiny_config('--behavior', 'planet')  # PlaNet's CEM: horizon 12, 10 x 1000, top 100.
+  agent = dreamer.Dreamer(config, 2)
+  assert agent.actor is None and agent.value is None
+  model = ShiftedActionModel([0.5, -0.2])
+  monkeypatch.setattr(agent, 'dynamics', model)
+  monkeypatch.setattr(agent, 'reward', model.reward)
+  shift = np.array([[0.0, 0.0], [0.3, -0.5], [-0.4, 0.1]], np.float32)
+  tf.random.set_seed(0)
+  action = agent._plan(dict(stoch=tf.constant(shift), deter=tf.zeros([3, 4]))).numpy()
+  np.testing.assert_allclose(action, [0.5, -0.2] - shift, atol=0.03)
+
+
+def test_planet_trains_the_world_model_only_and_plans_in_the_compiled_policy():
+  config = tiny_config('--behavior', 'planet', '--planet_candidates', '30', '--planet_top', '5')
+  agent = dreamer.Dreamer(config, 2)
+  assert [opt.name for opt, _ in agent._optimizers()] == ['model']
+  metrics = agent.train(random_batch(config))
+  assert not any(k.startswith(('actor_', 'value_', 'action_', 'imag_')) for k in metrics)
+  assert np.isfinite(float(metrics['model_loss']))
+  image = np.zeros((2, 64, 64, 3), np.uint8)
+  action, state = dreamer.Policy(agent, True, 0.0)({'image': image}, np.array([True, True]), None)
+  assert action.shape == (2, 2) and np.all(np.abs(action) <= 1)
+  dreamer.Policy(agent, False, 0.3)({'image': image}, np.array([False, False]), state)
+  assert agent.policy_step.experimental_get_tracing_count() == 1
+
+
+def numpy_info_nce(z, mean, std):
+  """log q(z_i | o_i) - log sum_j q(z_i | o_j) with diagonal Normals, one pair at a time."""
+  z, mean, std = (np.asarray(x, np.float64) for x in (z, mean, std))
+  log_q = np.array([[np.sum(-0.5 * ((zi - m) / s) ** 2 - np.log(s) - 0.5 * np.log(2 * np.pi))
+                     for m, s in zip(mean, std)] for zi in z])
+  return np.diag(log_q) - np.log(np.exp(log_q).sum(1))
+
+
+def test_contrastive_loss_is_infonce_of_the_posterior_states_over_the_batch():
+  config = tiny_config('--objective', 'contrastive')
+  agent = dreamer.Dreamer(config, 2)
+  assert agent.decoder is None
+  data = agent.preprocess(random_batch(config))
+  rng = np.random.default_rng(0)
+  shape = (config.batch_size, config.batch_length, config.stoch_size)
+  noise = {k: rng.normal(size=shape).astype(np.float32) for k in ('prior', 'post')}
+  _, post, metrics = agent._model_loss(data, noise)
+  assert 'image_loss' not in metrics
+  embed = agent.encoder(data['image'])
+  dist = agent.state_model(embed).distribution  # Normal over z_t from o_t's embedding.
+  flat = lambda x: x.numpy().reshape(-1, config.stoch_size)  # All 18 observations of the batch.
+  expected = -numpy_info_nce(flat(post['stoch']), flat(dist.loc), flat(dist.scale)).mean()
+  assert float(metrics['contrastive_loss']) == pytest.approx(expected, rel=1e-4)
+
+
+def test_reward_objective_creates_trains_and_saves_no_decoder(tmp_path):
+  full = dreamer.Dreamer(tiny_config(), 2)
+  config = tiny_config('--objective', 'reward')
+  agent = dreamer.Dreamer(config, 2)
+  assert agent.decoder is None and agent.state_model is None and agent.openloop is None
+  decoder_count = len(full.decoder.trainable_variables)
+  assert len(agent._optimizers()[0][1]) == len(full._optimizers()[0][1]) - decoder_count
+  for model, name in ((full, 'full'), (agent, 'reward')):
+    tf.train.Checkpoint(agent=model).write(str(tmp_path / name / 'ckpt'))
+  saved = lambda name: [key for key, _ in tf.train.list_variables(str(tmp_path / name / 'ckpt'))]
+  assert any('decoder' in key for key in saved('full'))
+  assert not any('decoder' in key for key in saved('reward'))
+  metrics = agent.train(random_batch(config))
+  assert set(k for k in metrics if k.endswith('_loss')) == {'reward_loss', 'model_loss', 'actor_loss', 'value_loss'}
+  # Without an image term the loss is the KL (clipped at free nats) and the reward term.
+  assert float(metrics['model_loss']) == pytest.approx(max(float(metrics['kl']), 3.0) + float(metrics['reward_loss']), rel=1e-5)
+
+
+@pytest.mark.parametrize('flag, old', [('--behavior', 'no_value'), ('--objective', 'contrastive')])
+def test_logdir_of_another_variant_is_not_resumed(tmp_path, flag, old):
+  (tmp_path / 'config.json').write_text(f'{{"{flag[2:]}": "{old}"}}')
+  config = tiny_config('--logdir', str(tmp_path / 'new'))  # The defaults, dreamer and reconstruction.
+  config.logdir = str(tmp_path)
+  assert dreamer.check_logdir(config) == f'{tmp_path} holds a run with {flag} {old}; resume with those settings or use a new --logdir.'

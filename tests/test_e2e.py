@@ -122,6 +122,8 @@ def test_mirrored_strategy_run_trains_and_evaluates(tmp_path):
     (['--steps', 'many'], "invalid to_int value: 'many'"),
     (['--pcont', 'yes'], "invalid to_bool value: 'yes'"),
     (['--configs', 'tiny'], "invalid choice: 'tiny'"),
+    (['--behavior', 'plan'], "invalid choice: 'plan'"),
+    (['--planet_top', '2000'], '--planet_top 2000 exceeds --planet_candidates 1000'),
     (['--no_such_flag', '1'], 'unrecognized arguments: --no_such_flag'),
 ])
 def test_bad_input_gives_one_clear_error_and_exit_code_2(tmp_path, flags, message):
@@ -178,3 +180,20 @@ def test_logdir_with_other_model_size_is_an_error_with_exit_code_2(tmp_path):
   result = run(logdir, check=False)
   assert result.returncode == 2
   assert 'holds a run with --deter_size 200' in result.stderr
+
+
+@pytest.mark.parametrize('flags, losses', [
+    (['--behavior', 'planet', '--planet_candidates', '20', '--planet_top', '4', '--planet_iterations', '2', '--planet_horizon', '3'], {'image_loss', 'reward_loss', 'model_loss'}),
+    (['--behavior', 'no_value'], {'image_loss', 'reward_loss', 'model_loss', 'actor_loss'}),
+    (['--objective', 'contrastive'], {'contrastive_loss', 'reward_loss', 'model_loss', 'actor_loss', 'value_loss'}),
+    (['--objective', 'reward'], {'reward_loss', 'model_loss', 'actor_loss', 'value_loss'}),
+])
+def test_each_variant_completes_a_debug_run_with_finite_losses(tmp_path, flags, losses):
+  logdir = tmp_path / 'run'
+  run(logdir, '--steps', '400', *flags)
+  rows = metrics(logdir)
+  logged = {key[len('train/'):] for row in rows for key in row if key.startswith('train/') and key.endswith('_loss')}
+  assert logged == losses
+  assert all(np.isfinite(v) for row in rows for v in row.values())
+  assert any('test/return' in row for row in rows)
+  assert bool(list((logdir / 'videos').glob('train_openloop_*.gif'))) == ('image_loss' in losses)

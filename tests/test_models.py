@@ -171,3 +171,15 @@ def test_action_head_bounds_and_initial_std():
   np.testing.assert_allclose(normal.stddev().numpy(), 5.0 + 1e-4, rtol=1e-5)
   onehot = models.ActionHead(4, layers=2, units=16, dist='onehot')(tf.zeros([5, 8]))
   assert sorted(onehot.mode().numpy()[0].tolist()) == [0, 0, 0, 1]
+
+
+def test_dense_head_normal_std_has_learned_std_above_minimum():
+  features = tf.random.normal([4, 6, 10], seed=0)
+  head = models.DenseHead((5,), 2, 16, 'normal_std', min_std=0.1)
+  dist = head(features)
+  mean, std = dist.distribution.loc.numpy(), dist.distribution.scale.numpy()
+  assert mean.shape == std.shape == (4, 6, 5)
+  assert std.min() >= 0.1 and std.std() > 0  # Varies with the features.
+  x = np.random.default_rng(0).normal(size=(4, 6, 5)).astype(np.float32)
+  expected = np.sum(-0.5 * ((x - mean) / std) ** 2 - np.log(std) - 0.5 * np.log(2 * np.pi), -1)
+  np.testing.assert_allclose(dist.log_prob(x).numpy(), expected, rtol=1e-5)

@@ -212,7 +212,7 @@ def test_failed_checkpoint_write_removes_its_folder_and_the_previous_one_restore
   directory = folder / 'checkpoints'
   (directory / '.tmp-ckpt-7').mkdir(parents=True)  # Left by a killed run.
   variable = tf.Variable(tf.fill([600_000], 1.0))  # 2.4 MB.
-  checkpoints = tools.Checkpoints(directory, tf.train.Checkpoint(v=variable), keep=2)
+  checkpoints = tools.Checkpoints(directory, dict(v=variable), keep=2)
   checkpoints.save()
   assert [f.name for f in directory.iterdir()] == ['ckpt-1']
   variable.assign(tf.fill([600_000], 2.0))
@@ -226,25 +226,25 @@ def test_failed_checkpoint_write_removes_its_folder_and_the_previous_one_restore
 
 
 def test_failed_metrics_write_leaves_no_partial_line_and_keeps_the_values(tmp_path):
-  logger = tools.Logger(tmp_path, 10)
+  logger = tools.Logger(tmp_path, 10, 100)
   filename = tmp_path / 'metrics.jsonl'
   padding = 2 ** 20 - 10 - len(json.dumps({'step': 0, 'pad': ''}) + '\n')
   filename.write_text(json.dumps({'step': 0, 'pad': 'x' * padding}) + '\n')  # 10 bytes below the limit.
   before = filename.read_bytes()
   logger.scalar('train/return', 5.0)
   with file_size_limit(), pytest.raises(tools.WriteError) as raised:
-    logger.write()
+    logger.write(0)
   assert str(raised.value) == f'Cannot write {filename}: File too large{ADVICE}'
   assert filename.read_bytes() == before  # The 10 bytes that fitted were cut off again.
-  logger.write()
-  assert json.loads(filename.read_text().splitlines()[-1]) == {'step': 10, 'train/return': 5.0}
+  logger.write(0)
+  assert json.loads(filename.read_text().splitlines()[-1]) == {'step': 10, 'budget': 100, 'updates': 0, 'train/return': 5.0}
 
 
 def test_failed_video_write_leaves_no_partial_gif(tmp_path):
-  logger = tools.Logger(tmp_path, 10)
+  logger = tools.Logger(tmp_path, 10, 100)
   logger.video('test/policy', np.random.default_rng(0).integers(0, 256, (10, 128, 128, 3), dtype=np.uint8))
   with file_size_limit(100_000), pytest.raises(tools.WriteError) as raised:
-    logger.write()
+    logger.write(0)
   assert str(raised.value) == f'Cannot write {tmp_path}/videos/test_policy_10.gif: File too large{ADVICE}'
   assert not list((tmp_path / 'videos').iterdir())
 

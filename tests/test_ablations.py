@@ -1,0 +1,61 @@
+"""scripts/ablations.py: the grid of the horizon and representation studies."""
+
+import pathlib
+import shlex
+import subprocess
+import sys
+
+import dreamer
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / 'scripts' / 'ablations.py'
+
+
+def ablations(*flags):
+  return subprocess.run([sys.executable, str(SCRIPT), *map(str, flags)], capture_output=True, text=True, timeout=600)
+
+
+def test_dry_run_prints_every_method_task_and_seed_with_its_flags(tmp_path):
+  result = ablations('--dry-run', '--root', tmp_path, '--tasks', 'dmc_cheetah_run', 'dmc_hopper_hop', '--horizons', 5, 30, '--seeds', 2, '--', '--configs', 'debug')
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.splitlines()
+  runs = {}
+  for line in lines:
+    argv = shlex.split(line)
+    assert argv[:2] == [sys.executable, str(ROOT / 'dreamer.py')]
+    config = dreamer.parse_args(argv[2:])  # Valid dreamer.py flags.
+    task, method, seed = pathlib.Path(config.logdir).relative_to(tmp_path).parts
+    assert (task, int(seed)) == (config.task, config.seed) and config.batch_size == 4  # The debug preset passed on.
+    runs[task, method, seed] = config
+  methods = ['dreamer_h5', 'no_value_h5', 'planet_h5', 'dreamer_h30', 'no_value_h30', 'planet_h30', 'reconstruction', 'contrastive', 'reward']
+  assert len(lines) == len(runs) == 2 * 9 * 2
+  assert set(runs) == {(t, m, s) for t in ('dmc_cheetah_run', 'dmc_hopper_hop') for m in methods for s in ('0', '1')}
+  debug = 4  # The debug preset's horizon, where a method does not set one.
+  expected = dict(
+      dreamer_h30=('dreamer', 30, 12, 'reconstruction'), no_value_h30=('no_value', 30, 12, 'reconstruction'),
+      planet_h30=('planet', debug, 30, 'reconstruction'), reconstruction=('dreamer', debug, 12, 'reconstruction'),
+      contrastive=('dreamer', debug, 12, 'contrastive'), reward=('dreamer', debug, 12, 'reward'))
+  for method, values in expected.items():
+    config = runs['dmc_hopper_hop', method, '1']
+    assert (config.behavior, config.horizon, config.planet_horizon, config.objective) == values, method
+
+
+def test_default_grid_is_the_papers_twenty_tasks_four_horizons_three_seeds():
+  result = ablations('--dry-run')
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.splitlines()
+  assert len(lines) == 20 * (3 * 4 + 3) * 3
+  assert sum('/dmc_walker_walk/planet_h40/2 ' in line for line in lines) == 1
+  assert sum('/dmc_acrobot_swingup/contrastive/0 ' in line for line in lines) == 1
+
+
+def test_running_stops_at_the_first_failing_run_with_its_exit_code(tmp_path):
+  result = ablations('--root', tmp_path, '--tasks', 'dmc_cheetah_run', '--study', 'representation', '--seeds', 1, '--', '--batch_size', 0)
+  assert result.returncode == 2
+  assert len(result.stdout.splitlines()) == 1  # The first command ran and failed; no second one.
+  assert '--batch_size must be positive' in result.stderr
+
+
+def test_unknown_task_is_an_error_with_exit_code_2():
+  result = ablations('--dry-run', '--tasks', 'dmc_walker_fly')
+  assert result.returncode == 2 and 'dmc_walker_walk' in result.stderr and not result.stdout
