@@ -2,6 +2,7 @@
 and the published reference scores. Shared by the scripts in `scripts/` (learning
 check, sweep status, plots, comparison, report) and by `tools.py`."""
 
+import datetime
 import json
 import pathlib
 import re
@@ -13,6 +14,7 @@ REFERENCE = ROOT / 'reference' / 'dreamer_curves.json'
 BASELINES = ROOT / 'reference' / 'baselines.json'
 PUBLISHED = 'published'  # Method name of the authors' curves beside ours.
 MAX_SCORE = 1000.0  # The most a DMC episode of 1000 env steps can return.
+STEPS = (1e5, 5e5, 1e6, 5e6)  # Env steps the scripts compare at by default.
 
 
 # One logdir: episodes, config, metrics (SPEC 7).
@@ -111,6 +113,19 @@ def load_reference(path=REFERENCE):
           for r in json.loads(pathlib.Path(path).read_text()) if r.get('method', 'dreamer') == 'dreamer']
 
 
+def load_all(sources, reference=REFERENCE, y='test/return', x='step'):
+  """(our runs, published runs) for the scripts; ValueError saying what is missing."""
+  missing = [s for s in sources if not parse_source(s)[1].exists()]
+  if missing:
+    raise ValueError(f'{", ".join(missing)} does not exist; give sweep roots or logdirs.')
+  if not pathlib.Path(reference).exists():
+    raise ValueError(f'reference file {reference} not found (set --reference).')
+  ours = find_runs(sources, y, x)
+  if not ours:
+    raise ValueError(f'no runs (a metrics.jsonl beside a config.json) under {", ".join(sources)}.')
+  return ours, load_reference(reference)
+
+
 def load_baselines(path=BASELINES):
   """{task: {baseline: final score}}."""
   return json.loads(pathlib.Path(path).read_text())
@@ -146,3 +161,16 @@ def sweep_attempts(logdir):
     return []
   matches = filter(None, map(_SWEEP_END.match, lines))
   return [(m.group(2) and int(m.group(2)), float(m.group(3))) for m in matches]
+
+
+def wall_clock(logdir):
+  """(seconds, how it was measured) of a run: the sum of the sweep's recorded
+  attempts, else the span of its episode files' timestamps; (None, ...) if neither."""
+  attempts = sweep_attempts(logdir)
+  if attempts:
+    return sum(seconds for _, seconds in attempts), f'{len(attempts)} sweep attempts'
+  names = sorted(pathlib.Path(logdir).glob('*episodes/*.npz'))
+  stamps = sorted(datetime.datetime.strptime(f.name.split('-')[0], '%Y%m%dT%H%M%S%f') for f in names)
+  if len(stamps) < 2:
+    return None, 'unknown'
+  return (stamps[-1] - stamps[0]).total_seconds(), 'first to last episode file'
