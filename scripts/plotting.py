@@ -233,11 +233,12 @@ def plot_profile(ax, groups, methods, row, reps):
 def plot_all(out, ours, published, baselines, args):
   """Every figure into `out`; returns the aggregate numbers."""
   out.mkdir(parents=True, exist_ok=True)
+  ours = [r for r in ours if len(r['xs'])]  # Runs not yet evaluated have nothing to draw.
   groups = runs.group(ours + published)
   methods = list(dict.fromkeys(r['method'] for r in ours + published))
   tasks = args.tasks or sorted({r['task'] for r in ours + published})
   if args.xmax is None:
-    args.xmax = max(float(r['xs'][-1]) for r in (ours or published) if len(r['xs']))
+    args.xmax = max(float(r['xs'][-1]) for r in ours or published)
   plot_curves(out, groups, methods, tasks, baselines, args)
   plot_summary(out, summary_scores(groups, methods, baselines))
   numbers = plot_aggregate(out, groups, methods, args)

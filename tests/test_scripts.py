@@ -52,6 +52,17 @@ def root(tmp_path):
   return tmp_path
 
 
+def script(name, *flags, timeout=300):
+  return subprocess.run([sys.executable, str(ROOT / 'scripts' / f'{name}.py'), *map(str, flags)],
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def figure_flags(root, out):
+  """Sources, files and small settings of the plotting and report runs."""
+  return [root / 'sweep', '--out', out, '--bin', 10, '--steps', 10, 25, '--reps', 200,
+          '--reference', root / 'reference.json', '--baselines', root / 'baselines.json']
+
+
 def png_size(path):
   data = path.read_bytes()
   assert data[:8] == b'\x89PNG\r\n\x1a\n'
@@ -102,10 +113,7 @@ def test_mean_final_score_of_the_shipped_reference_is_what_the_data_gives():
 
 def test_plotting_writes_png_and_pdf_figures_of_the_expected_size(root):
   out = root / 'figures'
-  result = subprocess.run(
-      [sys.executable, str(ROOT / 'scripts' / 'plotting.py'), str(root / 'sweep'), '--out', str(out), '--bin', '10',
-       '--steps', '10', '25', '--reps', '200', '--reference', str(root / 'reference.json'),
-       '--baselines', str(root / 'baselines.json')], capture_output=True, text=True, timeout=300)
+  result = script('plotting', *figure_flags(root, out))
   assert result.returncode == 0, result.stderr
   # Two tasks: a 1 x 2 grid of 3.2 x 2.6 inch panels plus 0.6 inches of legend, at 100 dpi.
   assert png_size(out / 'curves.png') == (640, 320)
@@ -128,10 +136,8 @@ def test_compare_table_has_interpolated_means_and_std_unit_differences(root):
   single = root / 'single'
   write_run(single, A, 0, [0, 40], [0, 400])
   out = root / 'table'
-  result = subprocess.run(
-      [sys.executable, str(ROOT / 'scripts' / 'compare.py'), str(root / 'sweep'), f'tf2={single}', '--steps', '10', '25',
-       '40', '100', '--reference', str(root / 'reference.json'), '--out', str(out)],
-      capture_output=True, text=True, timeout=120)
+  result = script('compare', root / 'sweep', f'tf2={single}', '--steps', 10, 25, 40, 100,
+                  '--reference', root / 'reference.json', '--out', out)
   assert result.returncode == 0, result.stderr
   rows = {(r['task'], r['method'], r['step']): r for r in json.loads((out / 'comparison.json').read_text())}
   # A at 10: seeds 100, 150 (between 5 and 15), 160 (between 0 and 20); published 100, 50.
@@ -163,9 +169,8 @@ def test_compare_table_has_interpolated_means_and_std_unit_differences(root):
 
 
 def test_missing_source_is_a_one_line_error_with_exit_code_2(tmp_path):
-  for script in ('compare', 'plotting'):
-    result = subprocess.run([sys.executable, str(ROOT / 'scripts' / f'{script}.py'), str(tmp_path / 'nowhere')],
-                            capture_output=True, text=True, timeout=120)
+  for name in ('compare', 'plotting'):
+    result = script(name, tmp_path / 'nowhere')
     assert result.returncode == 2
     assert f'{tmp_path / "nowhere"} does not exist; give sweep roots or logdirs.' in result.stderr
 
@@ -184,10 +189,7 @@ def test_report_holds_the_table_figures_and_every_runs_commit_steps_and_wall_clo
   for stamp in ('20240101T100000000000', '20240101T110000500000'):  # One hour and half a second apart.
     (other / f'{stamp}-{0:032x}-11.npz').touch()
   out = root / 'report'
-  result = subprocess.run(
-      [sys.executable, str(ROOT / 'scripts' / 'report.py'), str(root / 'sweep'), '--out', str(out), '--bin', '10',
-       '--steps', '10', '25', '--reps', '200', '--reference', str(root / 'reference.json'),
-       '--baselines', str(root / 'baselines.json')], capture_output=True, text=True, timeout=300)
+  result = script('report', *figure_flags(root, out))
   assert result.returncode == 0, result.stderr
   text = (out / 'REPORT.md').read_text()
   assert '| dmc_walker_walk | dreamer | 10 | 900.0 | 1/1 | 150.0 ± 70.7 | 10.61 | ! |' in text
