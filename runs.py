@@ -149,24 +149,33 @@ def final_score(run):
 SWEEP_START = 'sweep: started dreamer.py at {time}'
 SWEEP_END = 'sweep: dreamer.py {outcome} after {seconds:.1f} s'
 SWEEP_STOPPED = 'was stopped by the sweep'  # Ctrl-C: the logdir stays resumable.
+_SWEEP_STARTED = SWEEP_START.split('{')[0]
 _SWEEP_END = re.compile(r'^sweep: dreamer\.py (exited with code (-?\d+)|' + SWEEP_STOPPED + r') after ([\d.]+) s$')
 
 
 def sweep_attempts(logdir):
-  """(exit code, or None if the sweep stopped it; seconds) of every attempt the
-  sweep recorded, oldest first."""
+  """(attempts, going): (exit code, or None if the sweep stopped it; seconds) of every
+  attempt the sweep recorded the end of, oldest first; going if the last start line
+  has no end line yet (the run is going on, or its sweep was killed)."""
   try:
     lines = (pathlib.Path(logdir) / 'stdout.log').read_text(errors='replace').splitlines()
   except OSError:
-    return []
-  matches = filter(None, map(_SWEEP_END.match, lines))
-  return [(m.group(2) and int(m.group(2)), float(m.group(3))) for m in matches]
+    return [], False
+  attempts, going = [], False
+  for line in lines:
+    end = _SWEEP_END.match(line)
+    if end:
+      attempts.append((end.group(2) and int(end.group(2)), float(end.group(3))))
+      going = False
+    elif line.startswith(_SWEEP_STARTED):
+      going = True
+  return attempts, going
 
 
 def wall_clock(logdir):
   """(seconds, how it was measured) of a run: the sum of the sweep's recorded
   attempts, else the span of its episode files' timestamps; (None, ...) if neither."""
-  attempts = sweep_attempts(logdir)
+  attempts, _ = sweep_attempts(logdir)
   if attempts:
     return sum(seconds for _, seconds in attempts), f'{len(attempts)} sweep attempts'
   names = sorted(pathlib.Path(logdir).glob('*episodes/*.npz'))

@@ -93,15 +93,15 @@ def shell_line(args, task, seed, logdir):
   return f'mkdir -p {shlex.quote(str(logdir))} && {shlex.join(command(args, task, seed, logdir))} >> {log} 2>&1'
 
 
-def run_state(logdir, budget, running=False):
+def run_state(logdir, budget):
   """(state, env steps done, budget) of one run. The budget is the one asked for,
-  else the run's own config.json. States: running, finished, failed (its last
-  attempt exited non-zero), unfinished (started, stopped before its budget), not
-  started. `running`: this sweep knows it runs it."""
+  else the run's own config.json. States: running (a sweep started it and has not
+  recorded its end), finished, failed (its last attempt exited non-zero), unfinished
+  (started, stopped before its budget), not started."""
   config = runs.read_config(logdir)
   budget = budget or config.get('steps')
   steps = runs.env_steps(logdir, config)
-  attempts = runs.sweep_attempts(logdir)
+  attempts, running = runs.sweep_attempts(logdir)
   if running:
     state = 'running'
   elif budget and steps >= budget:
@@ -115,8 +115,8 @@ def run_state(logdir, budget, running=False):
   return state, steps, budget
 
 
-def status_line(task, seed, logdir, budget, running=False):
-  state, steps, budget = run_state(logdir, budget, running)
+def status_line(task, seed, logdir, budget):
+  state, steps, budget = run_state(logdir, budget)
   _, returns = runs.read_metrics(logdir)
   last = f'{returns[-1]:.1f}' if len(returns) else '-'
   return f'{task:<32} seed {seed:<3} {steps:>9} / {budget or "?":<9} test return {last:>7}  {state}'
@@ -188,9 +188,11 @@ def sweep(args):
           failed.append(child.name)
         print(f'sweep: {child.name} {"failed with exit code " + str(code) if code else "finished"}.', flush=True)
   except KeyboardInterrupt:
-    print(f'sweep: stopping {len(children)} runs; run the same command again to resume.', flush=True)
-    for child in children:
-      child.stop()
+    try:
+      print(f'sweep: stopping {len(children)} runs; run the same command again to resume.', flush=True)
+    finally:  # Even if stdout is gone.
+      for child in children:
+        child.stop()
     return 130
   if failed:
     print(f'sweep: {len(failed)} runs failed: {", ".join(failed)}; see their stdout.log.', flush=True)
@@ -208,7 +210,10 @@ def main(argv=None):
     for run in grid(args):
       print(status_line(*run, args.budget))
     return 0
-  signal.signal(signal.SIGTERM, signal.default_int_handler)  # Stop like Ctrl-C.
+  # Ctrl-C and SIGTERM stop the sweep, even if it was started with SIGINT ignored (as
+  # background jobs are); its runs then start with SIGINT at its default.
+  for number in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(number, signal.default_int_handler)
   return sweep(args)
 
 

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import runs
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / 'scripts' / 'sweep.py'
 DEBUG = ['--configs', 'debug', '--steps', '400', '--log_images', 'False']
@@ -73,6 +75,20 @@ def test_run_that_reached_its_budget_is_skipped_and_status_counts_its_steps(tmp_
   # A larger budget makes the same run unfinished: (101 - 1) x 2 x 2 = 400 < 1000.
   assert status(tmp_path, '--tasks', 'dmc_cartpole_balance', '--seeds', 0, '--steps', '1e3') == {
       ('dmc_cartpole_balance', 0): (400, '1000', '-', 'unfinished')}
+
+
+def test_status_reads_running_and_failed_from_the_sweeps_records(tmp_path):
+  logs = {0: [runs.SWEEP_START.format(time='t')],  # Started, no end yet.
+          1: [runs.SWEEP_START.format(time='t'), runs.SWEEP_END.format(outcome='exited with code 1', seconds=3)],
+          2: [runs.SWEEP_START.format(time='t'), runs.SWEEP_END.format(outcome='exited with code 1', seconds=3),
+              runs.SWEEP_START.format(time='t'), runs.SWEEP_END.format(outcome=runs.SWEEP_STOPPED, seconds=3)]}
+  for seed, lines in logs.items():
+    logdir = tmp_path / 'dmc_cartpole_balance' / 'dreamer' / str(seed)
+    fake_run(logdir, 400, [101])
+    (logdir / 'stdout.log').write_text('\n'.join(lines) + '\n')
+  table = status(tmp_path, '--tasks', 'dmc_cartpole_balance', '--seeds', 0, 1, 2, 3)
+  assert [table['dmc_cartpole_balance', seed][3] for seed in range(4)] == ['running', 'failed', 'unfinished', 'not started']
+  assert table['dmc_cartpole_balance', 1][:2] == (200, '400')
 
 
 def test_bad_task_and_jobs_are_one_line_errors_with_exit_code_2(tmp_path):
