@@ -163,7 +163,8 @@ def plot_summary(out, scores):
     ax.text(i, scores[name][0], f'{scores[name][0]:.0f}', ha='center', va='bottom', fontsize=8)
   paper = [i for i, name in enumerate(names) if name in PAPER_MEANS]
   ax.plot(paper, [PAPER_MEANS[names[i]] for i in paper], 'k_', ms=20, mew=2, ls='none', label="paper's number")
-  ax.set_xticks(range(len(names)), [f'{BASELINES.get(n, n)}\n({scores[n][1]} tasks)' for n in names], fontsize=7)
+  labels = [BASELINES.get(n, n).replace(' (', '\n(') + f'\n{scores[n][1]} tasks' for n in names]
+  ax.set_xticks(range(len(names)), labels, fontsize=7)
   ax.set_ylabel('mean final score over tasks', fontsize=8)
   ax.legend(fontsize=8)
   fig.tight_layout()

@@ -97,7 +97,8 @@ def run_state(logdir, budget):
   """(state, env steps done, budget) of one run. The budget is the one asked for,
   else the run's own config.json. States: running (a sweep started it and has not
   recorded its end), finished, failed (its last attempt exited non-zero), unfinished
-  (started, stopped before its budget), not started."""
+  (started, stopped before its budget), not started. The one place that decides;
+  the logdir lock (run.lock) will be checked here too."""
   config = runs.read_config(logdir)
   budget = budget or config.get('steps')
   steps = runs.env_steps(logdir, config)
@@ -131,7 +132,7 @@ class Child:
     self.log = open(logdir / 'stdout.log', 'a')
     self.log.write(runs.SWEEP_START.format(time=datetime.datetime.now().isoformat(timespec='seconds')) + '\n')
     self.log.flush()
-    env = dict(os.environ)
+    env = dict(os.environ, PYTHONUNBUFFERED='1')  # stdout.log shows progress as it happens.
     if device is not None:
       env['CUDA_VISIBLE_DEVICES'] = device
     self.start = time.time()
