@@ -21,6 +21,8 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 import tf_keras as keras
 
+from runs import count_steps, episode_length  # TF-free, shared with the scripts (SPEC 7).
+
 tfd = tfp.distributions
 
 # Keys every stored episode has (SPEC 7); the dataset serves only these.
@@ -92,17 +94,6 @@ def fsync(path):
     os.fsync(handle)
   finally:
     os.close(handle)
-
-
-def episode_length(filename):
-  """Rows of an episode (transitions including the first), read from its name."""
-  return int(pathlib.Path(filename).stem.rsplit('-', 1)[-1])
-
-
-def count_steps(directory, action_repeat):
-  """Env steps collected so far: sum of (length - 1) x action_repeat (SPEC 7)."""
-  files = pathlib.Path(directory).glob('*.npz')
-  return sum((episode_length(f) - 1) * action_repeat for f in files)
 
 
 def load_episode(filename):

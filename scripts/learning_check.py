@@ -27,7 +27,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-DEFAULT_REFERENCE = ROOT.parent / 'shared' / 'reference' / 'dreamer_curves.json'
+sys.path.insert(0, str(ROOT))
+import runs  # noqa: E402 (needs the project root on the path)
+
 FRACTION = 0.6  # Of the published mean at the same env step.
 # Return of a random policy on the paper's tasks, where known.
 RANDOM_SCORES = {
@@ -55,7 +57,7 @@ def parse_args(argv):
   parser.add_argument('--task', required=True, help='dmc_<domain>_<task>')
   parser.add_argument('--steps', default='100000', help='env steps to train (dreamer.py checks the value)')
   parser.add_argument('--logdir', required=True, type=pathlib.Path)
-  parser.add_argument('--reference', type=pathlib.Path, default=DEFAULT_REFERENCE, help='published curves (JSON)')
+  parser.add_argument('--reference', type=pathlib.Path, default=runs.REFERENCE, help='published curves (JSON)')
   parser.add_argument('--plot', type=pathlib.Path, default=None, help='PNG path (default <logdir>/learning_check.png)')
   parser.add_argument('--configs', nargs='+', default=['cpu'], help='dreamer.py presets')
   parser.add_argument('--no-train', action='store_true', help='only evaluate an existing logdir')
@@ -71,38 +73,18 @@ def dreamer_command(args):
 
 def load_reference(path, task):
   """The published runs of `task`, or raise KeyError naming the available tasks."""
-  runs = json.loads(pathlib.Path(path).read_text())
-  found = [r for r in runs if r['task'] == task and r.get('method', 'dreamer') == 'dreamer']
+  every = runs.load_reference(path)
+  found = [r for r in every if r['task'] == task]
   if not found:
-    tasks = sorted({r['task'] for r in runs})
+    tasks = sorted({r['task'] for r in every})
     raise KeyError(f'Unknown task {task!r} in {path}; available tasks: {", ".join(tasks)}')
   return found
 
 
-def published(runs, steps):
-  """Mean, min and max across seeds of each seed's curve, linearly interpolated at
-  `steps` (held constant before the first and after the last published point)."""
-  curves = []
-  for run in runs:
-    order = np.argsort(run['xs'])
-    curves.append(np.interp(steps, np.asarray(run['xs'], float)[order], np.asarray(run['ys'], float)[order]))
-  curves = np.array(curves)
+def published(reference, steps):
+  """Mean, min and max across seeds of each seed's curve at `steps` (runs.value_at)."""
+  curves = np.array([runs.value_at(r['xs'], r['ys'], steps) for r in reference])
   return curves.mean(0), curves.min(0), curves.max(0)
-
-
-def read_test_returns(logdir):
-  """Sorted (step, test/return) pairs from metrics.jsonl; a repeated step keeps its
-  last value."""
-  points = {}
-  for line in (pathlib.Path(logdir) / 'metrics.jsonl').read_text().splitlines():
-    try:
-      row = json.loads(line)
-    except json.JSONDecodeError:
-      continue  # A line cut short by a killed run.
-    if 'test/return' in row:
-      points[int(row['step'])] = float(row['test/return'])
-  steps = sorted(points)
-  return np.array(steps, dtype=np.int64), np.array([points[s] for s in steps])
 
 
 def verdict(task, step, value, mean):
@@ -123,13 +105,13 @@ def verdict(task, step, value, mean):
   return passed, line, numbers
 
 
-def plot(path, task, steps, returns, runs, random):
+def plot(path, task, steps, returns, reference, random):
   xmax = max(float(steps.max()) * 1.05, 1.0)
-  grid = np.concatenate([np.linspace(0, xmax, 200), *[np.asarray(r['xs'], float) for r in runs]])
+  grid = np.concatenate([np.linspace(0, xmax, 200), *[r['xs'] for r in reference]])
   grid = np.unique(grid[grid <= xmax])
-  mean, low, high = published(runs, grid)
+  mean, low, high = published(reference, grid)
   fig, ax = plt.subplots(figsize=(7, 4.5))
-  ax.fill_between(grid, low, high, color='tab:gray', alpha=0.3, label=f'published min-max ({len(runs)} seeds)')
+  ax.fill_between(grid, low, high, color='tab:gray', alpha=0.3, label=f'published min-max ({len(reference)} seeds)')
   ax.plot(grid, mean, color='tab:gray', label='published mean')
   ax.plot(grid, FRACTION * mean, color='tab:gray', ls=':', label=f'{FRACTION:.0%} of published mean')
   if random is not None:
@@ -146,7 +128,7 @@ def plot(path, task, steps, returns, runs, random):
 def main(argv=None):
   args = parse_args(sys.argv[1:] if argv is None else argv)
   try:
-    runs = load_reference(args.reference, args.task)
+    reference = load_reference(args.reference, args.task)
   except FileNotFoundError:
     return error(f'reference file {args.reference} not found (set --reference).', 2)
   except KeyError as e:
@@ -164,15 +146,16 @@ def main(argv=None):
   metrics = args.logdir / 'metrics.jsonl'
   if not metrics.exists():
     return error(f'{metrics} does not exist; nothing to evaluate.', 1)
-  steps, returns = read_test_returns(args.logdir)
+  steps, returns = runs.read_metrics(args.logdir)
+  steps = steps.astype(np.int64)
   if not len(steps):
     return error(f'no test/return in {metrics}; no evaluation has run yet.', 1)
 
-  mean, low, high = published(runs, steps)
+  mean, low, high = published(reference, steps)
   rows = [dict(step=int(s), test_return=float(r), published_mean=float(m), published_min=float(lo), published_max=float(hi))
           for s, r, m, lo, hi in zip(steps, returns, mean, low, high)]
   header = ('step', 'our test return', 'published mean', 'published min', 'published max')
-  print(f'\nLearning check of {args.task} against {len(runs)} published seeds ({args.reference}):')
+  print(f'\nLearning check of {args.task} against {len(reference)} published seeds ({args.reference}):')
   print(' | '.join(f'{h:>15}' for h in header))
   for row in rows:
     print(f'{row["step"]:>15} | ' + ' | '.join(f'{row[k]:>15.1f}' for k in list(row)[1:]))
@@ -183,7 +166,7 @@ def main(argv=None):
     print(f'Random-policy baseline: {random:g}')
 
   plot_path = args.plot or args.logdir / 'learning_check.png'
-  plot(plot_path, args.task, steps, returns, runs, random)
+  plot(plot_path, args.task, steps, returns, reference, random)
   passed, line, numbers = verdict(args.task, steps[-1], returns[-1], mean[-1])
   report = dict(task=args.task, reference=str(args.reference), command=command and shlex.join(command),
                 argv=[sys.argv[0], *(sys.argv[1:] if argv is None else argv)], rows=rows,

@@ -11,7 +11,6 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / 'scripts' / 'learning_check.py'
-REAL_REFERENCE = ROOT.parent / 'shared' / 'reference' / 'dreamer_curves.json'
 
 # Three seeds of cartpole_balance (random score 135), one with other xs, and a task
 # without a known random score. Hand-computed published values at our steps:
@@ -144,11 +143,10 @@ def test_failing_dreamer_run_exits_with_its_return_code(tmp_path, reference):
   assert 'dreamer.py failed with exit code 2' in result.stderr
 
 
-@pytest.mark.skipif(not REAL_REFERENCE.exists(), reason=f'published curves not found at {REAL_REFERENCE}')
 def test_real_debug_run_completes_and_fails_the_check(tmp_path):
   logdir = tmp_path / 'run'
   result = check('--task', 'dmc_cartpole_balance', '--configs', 'debug', '--steps', 400, '--logdir', logdir,
-                 '--reference', REAL_REFERENCE, timeout=600)
+                 timeout=1800)  # The default --reference is the shipped file; a loaded machine is slow.
   assert result.returncode in (0, 1), result.stdout[-3000:] + result.stderr[-3000:]
   # Debug episodes are 100 env steps, so the return cannot beat the random score 135.
   assert result.returncode == 1
@@ -156,5 +154,6 @@ def test_real_debug_run_completes_and_fails_the_check(tmp_path):
   assert (logdir / 'metrics.jsonl').exists()
   assert (logdir / 'learning_check.png').read_bytes()[:4] == b'\x89PNG'
   report = json.loads((logdir / 'learning_check.json').read_text())
-  assert report['verdict'] == 'FAIL' and report['last_step'] == 400
+  # Evaluations at prefill + k * eval_every (debug: 200 + k * 400) within the 400 steps.
+  assert report['verdict'] == 'FAIL' and report['last_step'] == 200
   assert '--configs debug' in report['command'] and '--steps 400' in report['command']
