@@ -70,20 +70,23 @@ def read_metrics(logdir, y='test/return', x='step'):
   return xs, np.array([points[s] for s in xs], float)
 
 
-def value_at(xs, ys, steps):
+def value_at(xs, ys, steps, until=None):
   """One curve linearly interpolated at `steps`. Before its first point the first
-  value holds; after its last point the last value holds for one evaluation interval
-  (the spacing of the last two points), so a run that stopped at its budget counts
-  as having reached it; beyond that NaN ("not reached")."""
+  value holds; after its last point the last value holds up to `until`, the env
+  steps the run got to (its last logged step), so a run that stopped at its budget
+  counts as having reached it; beyond that NaN ("not reached"). Without `until`
+  (the published curves) the last value holds for one evaluation interval."""
   xs, ys, steps = np.asarray(xs, float), np.asarray(ys, float), np.asarray(steps, float)
   if not len(xs):
     return np.full(steps.shape, np.nan)
-  interval = xs[-1] - xs[-2] if len(xs) > 1 else 0.0
-  return np.where(steps <= xs[-1] + interval, np.interp(steps, xs, ys), np.nan)
+  if until is None:
+    until = xs[-1] + (xs[-1] - xs[-2] if len(xs) > 1 else 0.0)
+  return np.where(steps <= max(until, xs[-1]), np.interp(steps, xs, ys), np.nan)
 
 
 # Sets of runs: ours under roots, the published ones from the reference file.
-# A run is dict(task, method, seed, logdir, xs, ys).
+# A run is dict(task, method, seed, logdir, xs, ys), ours also with `until`: the last
+# env step they logged.
 
 def parse_source(text):
   """'PATH' or 'METHOD=PATH' -> (method or None, path)."""
@@ -107,9 +110,10 @@ def find_runs(sources, y='test/return', x='step'):
       if task is None:
         continue  # Not a Dreamer run: no config and not in the sweep layout.
       xs, ys = read_metrics(logdir, y, x)
+      logged, _ = read_metrics(logdir, x, x)  # Every row: how far the run got.
       runs.append(dict(
           task=task, method=method or (parts[1] if len(parts) == 3 else root.resolve().name),
-          seed=str(config.get('seed', logdir.name)), logdir=logdir, xs=xs, ys=ys))
+          seed=str(config.get('seed', logdir.name)), logdir=logdir, xs=xs, ys=ys, until=logged[-1]))
   return runs
 
 

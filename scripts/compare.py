@@ -34,7 +34,7 @@ COLUMNS = ('task', 'method', 'step', 'mean', 'se', 'reached', 'seeds', 'publishe
 
 def values(group, steps):
   """[seeds, steps] of every run's curve at `steps`, NaN where not reached."""
-  return np.array([runs.value_at(r['xs'], r['ys'], steps) for r in group]).reshape(len(group), len(steps))
+  return np.array([runs.value_at(r['xs'], r['ys'], steps, r.get('until')) for r in group]).reshape(len(group), len(steps))
 
 
 def row(task, method, step, ours, published):

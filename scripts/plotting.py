@@ -80,7 +80,7 @@ def score_matrix(groups, method, tasks, step):
 
 
 def runs_at(group, step):
-  values = [runs.value_at(r['xs'], r['ys'], [step])[0] for r in group]
+  values = [runs.value_at(r['xs'], r['ys'], [step], r.get('until'))[0] for r in group]
   return [v for v in values if np.isfinite(v)]
 
 

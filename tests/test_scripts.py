@@ -19,6 +19,7 @@ A, B = 'dmc_cartpole_balance', 'dmc_walker_walk'
 # Three seeds of A logging at different steps, one seed of B:
 #   A seed 0: y = 10 x at x = 0, 10, 20, 30;  seed 1: y = 10 x + 50 at 5, 15, 25;
 #   A seed 2: y = 10 x + 60 at 0, 20;         B seed 0: 900 at 0, 10.
+# Each run's last logged step (how far it got): A 40, 35, 40; B 20.
 OURS = {(A, 0): ([0, 10, 20, 30], [0, 100, 200, 300]), (A, 1): ([5, 15, 25], [100, 200, 300]),
         (A, 2): ([0, 20], [60, 260]), (B, 0): ([0, 10], [900, 900])}
 # Published: A's two seeds y = 10 x and y = 5 x at 0, 20, 40; B's flat 100 and 200.
@@ -36,17 +37,20 @@ def load(name):
   return module
 
 
-def write_run(logdir, task, seed, xs, ys):
+UNTIL = {(A, 0): 40, (A, 1): 35, (A, 2): 40, (B, 0): 20}
+
+
+def write_run(logdir, task, seed, xs, ys, until):
   logdir.mkdir(parents=True)
   (logdir / 'config.json').write_text(json.dumps(dict(task=task, seed=seed, action_repeat=2)))
-  rows = [{'step': x, 'test/return': y} for x, y in zip(xs, ys)] + [{'step': 3, 'train/return': 5.0}]
+  rows = [{'step': 3, 'train/return': 5.0}] + [{'step': x, 'test/return': y} for x, y in zip(xs, ys)] + [{'step': until, 'train/return': 5.0}]
   (logdir / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
 
 
 @pytest.fixture
 def root(tmp_path):
   for (task, seed), (xs, ys) in OURS.items():
-    write_run(tmp_path / 'sweep' / task / 'dreamer' / str(seed), task, seed, xs, ys)
+    write_run(tmp_path / 'sweep' / task / 'dreamer' / str(seed), task, seed, xs, ys, UNTIL[task, seed])
   (tmp_path / 'reference.json').write_text(json.dumps(REFERENCE))
   (tmp_path / 'baselines.json').write_text(json.dumps(BASELINES))
   return tmp_path
@@ -134,7 +138,7 @@ def test_plotting_writes_png_and_pdf_figures_of_the_expected_size(root):
 
 def test_compare_table_has_interpolated_means_and_std_unit_differences(root):
   single = root / 'single'
-  write_run(single, A, 0, [0, 40], [0, 400])
+  write_run(single, A, 0, [0, 40], [0, 400], 40)
   out = root / 'table'
   result = script('compare', root / 'sweep', f'tf2={single}', '--steps', 10, 25, 40, 100,
                   '--reference', root / 'reference.json', '--out', out)
@@ -148,7 +152,7 @@ def test_compare_table_has_interpolated_means_and_std_unit_differences(root):
   # A at 25: 250, 300, 260 (seed 2 holds 260 within its interval of 20).
   r = rows[A, 'dreamer', 25]
   assert (r['mean'], r['se']) == (pytest.approx(270), pytest.approx(math.sqrt(700 / 3)))
-  # A at 40: seed 1 (last point 25, interval 10) has not got there.
+  # A at 40: seed 1 (logged up to 35) has not got there.
   r = rows[A, 'dreamer', 40]
   assert (r['mean'], r['se'], r['reached'], r['seeds']) == (pytest.approx(280), pytest.approx(20), 2, 3)
   assert r['difference'] == pytest.approx((280 - 300) / (100 * math.sqrt(2)))
@@ -162,10 +166,21 @@ def test_compare_table_has_interpolated_means_and_std_unit_differences(root):
   r = rows['mean over tasks', 'dreamer', 10]
   assert (r['mean'], r['published_mean'], r['reached']) == (pytest.approx((410 / 3 + 900) / 2), pytest.approx(112.5), 2)
   table = result.stdout.splitlines()
-  assert '| dmc_cartpole_balance | dreamer | 100 | not reached | 0/3 | - | - |  |'  # Neither got there. in table
+  assert '| dmc_cartpole_balance | dreamer | 100 | not reached | 0/3 | - | - |  |' in table  # None got there.
   assert '| dmc_walker_walk | dreamer | 10 | 900.0 | 1/1 | 150.0 ± 70.7 | 10.61 | ! |' in table
   header = (out / 'comparison.csv').read_text().splitlines()[0]
   assert header.split(',')[:4] == ['task', 'method', 'step', 'mean']
+
+
+def test_value_at_holds_the_last_evaluation_only_as_far_as_the_run_got():
+  xs, ys = [5, 15, 25], [100.0, 200.0, 300.0]
+  steps = [10, 25, 30, 35]
+  # A run still going, logged up to step 28: 30 and 35 are not reached yet.
+  np.testing.assert_allclose(runs.value_at(xs, ys, steps, until=28), [150, 300, np.nan, np.nan])
+  # A run that stopped at its budget of 30, past its last evaluation.
+  np.testing.assert_allclose(runs.value_at(xs, ys, steps, until=30), [150, 300, 300, np.nan])
+  # Published curves (no until): one evaluation interval past the last point.
+  np.testing.assert_allclose(runs.value_at(xs, ys, steps), [150, 300, 300, 300])
 
 
 def test_missing_source_is_a_one_line_error_with_exit_code_2(tmp_path):
