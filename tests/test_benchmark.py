@@ -22,7 +22,7 @@ def test_debug_config_run_writes_positive_numbers(tmp_path):
   command = [sys.executable, str(SCRIPT), '--parts', 'train,breakdown,policy,flops,matmul',
              '--train-configs', 'debug', '--steps', '3', '--policy-calls', '10',
              '--matmul-size', '256', '--out', str(out)]
-  result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+  result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   assert 'train step, median' in result.stdout and 'step parts' in result.stdout
   data = json.loads(out.read_text())
