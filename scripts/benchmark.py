@@ -1,11 +1,16 @@
 """Speed, memory and FLOPs of this Dreamer on this machine, in one run.
 
-  python scripts/benchmark.py [--quick] [--parts train,policy,flops,matmul,env,e2e]
-      [--train-configs paper,debug,cpu] [--envs 2] [--out results/benchmark.json]
+  python scripts/benchmark.py [--quick] [--parts train,breakdown,policy,flops,matmul,env,e2e]
+      [--train-configs paper,debug,cpu] [--precision 32,bf16,16] [--envs 2] [--out FILE]
 
-Prints a table; writes every number with metadata (date, TF version, CPU, git commit,
-command, load average at start) as JSON. --quick (about 4 minutes on 2 idle cores) times
-fewer repetitions. The parts, and how each is measured:
+Prints a table; writes every number with metadata (date, TF version, git commit, command,
+load average at start, and the machine: CPU model, cores, the ISA features that decide
+matmul speed (AVX-512, its bfloat16 and float16 dot products, AMX matrix units) and a
+machine kind made of them) as JSON, by default to results/benchmark-<machine kind>.json,
+so that each kind of machine keeps its latest numbers. --quick (about 4 minutes on 2 idle
+cores) times fewer repetitions. --precision runs the train configs once per listed
+dreamer.py --precision (32 float32; bf16, 16 mixed precision). The parts, and how each is
+measured:
 
 train   Per config (paper = the dreamer.py defaults; debug and cpu presets) a child process,
         this script with --child NAME, builds the agent for 6 actions (walker), makes one
@@ -15,6 +20,14 @@ train   Per config (paper = the dreamer.py defaults; debug and cpu presets) a ch
         the child's ru_maxrss right after them: the training peak, isolated from the rest.
         allocator_peak_mb is TF's allocator peak (get_memory_info) over the child's life:
         the tensors alone, without libraries, graphs and the allocator's free pool.
+breakdown  In the same child: the parts of one train step as separate tf.functions on
+        fixed inputs, each timed once per round over --steps rounds (median): world model
+        forward, its backward (forward+backward minus forward), the action-entropy
+        estimate (100 actor samples per start state), imagination forward, the behaviour
+        losses forward, their backward through imagination, and the rest of the step
+        (optimisers, clipping, finiteness checks, metrics), plus the op runs per call of
+        each (graph walk below) and the input pipeline's time per batch (tools.make_dataset
+        over random episodes; dreamer.py prefetches it alongside training).
 policy  In the same child: dreamer.Policy(agent, True, expl_amount) on a batch of 1 (one
         tf.function call plus the action's conversion to numpy), median of many calls.
 flops   In the same child, FLOPs of one train step counted three ways:
@@ -31,8 +44,10 @@ flops   In the same child, FLOPs of one train step counted three ways:
                     statistics for the gradients use H_out*W_out/stride^2 for H_in*W_in, 6x
                     too much for the decoder's first layer). Backward passes here need only
                     what the optimisers use, so the dense part is below analytic's x3.
-matmul  Median GFLOP/s (2 n^3 FLOPs) of an n x n float32 tf.matmul: this machine's practical
-        peak. Achieved fraction = analytic FLOPs per step / median step time / that peak.
+                    The same walk counts op runs per step (ops_per_step).
+matmul  Median GFLOP/s (2 n^3 FLOPs) of an n x n tf.matmul in float32, bfloat16 and float16,
+        alternating: this machine's practical peak per precision. Achieved fraction = analytic
+        FLOPs per step / step time (median, and fastest) / the peak of the run's precision.
 env     Agent steps/s of dmc_walker_walk (action repeat 2, 64x64 images) in
         wrappers.Parallel 'process' workers with random actions: one worker (Mesa's
         llvmpipe renders on every core by default), one worker limited to one render
@@ -63,6 +78,7 @@ import json
 import os
 import pathlib
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -74,8 +90,11 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 ACTIONS = 6  # dmc_walker_walk, the paper's default task.
-PARTS = ('train', 'policy', 'flops', 'matmul', 'env', 'e2e')
-CHILD_PARTS = ('train', 'policy', 'flops')
+PARTS = ('train', 'breakdown', 'policy', 'flops', 'matmul', 'env', 'e2e')
+CHILD_PARTS = ('train', 'breakdown', 'policy', 'flops')
+PRECISIONS = {'32': 'float32', 'bf16': 'bfloat16', '16': 'float16'}  # dreamer.py --precision: matmul dtype.
+# CPU features that decide matmul speed: vector units, bfloat16/float16 dot products, matrix units (AMX).
+ISA_FEATURES = ('avx2', 'avx512f', 'avx512_bf16', 'avx512_fp16', 'amx_tile', 'amx_bf16', 'amx_fp16')
 
 
 # Analytic FLOPs. A multiply-add is 2 FLOPs; biases, activations, the GRU's gates, the
@@ -162,8 +181,9 @@ def conv_op_flops(op):
   return 2 * forward_output.num_elements() * kernel.num_elements() // kernel[-1]
 
 
-def graph_walk_flops(graph, notes):
-  """Registered FLOPs of the live ops of `graph` and of the functions it calls."""
+def graph_walk(graph, notes):
+  """Registered FLOPs and the number of op runs of the live ops of `graph` and of the
+  functions it calls (loop bodies x trip count): dict(flops=, ops=)."""
   from tensorflow.python.framework import ops, tensor_util
 
   def body_of(graph, op, attr):
@@ -195,10 +215,11 @@ def graph_walk_flops(graph, notes):
     return seen
 
   def count(graph, known):
-    total, alive = 0, live(graph)
+    total, runs, alive = 0, 0, live(graph)
     for op in graph.get_operations():
       if op not in alive:
         continue
+      runs += 1
       if op.type in CALLS:
         loop = op.type.endswith('While')
         trips = static(graph, known, op.inputs[1]) if loop else 1  # maximum_iterations.
@@ -206,9 +227,10 @@ def graph_walk_flops(graph, notes):
           notes.append(f'{op.name}: unknown trip count, body counted once')
           trips = 1
         args = op.inputs[1:] if op.type.endswith('If') else op.inputs
-        total += int(trips) * max(
-            count(body, {} if loop else bind(graph, known, body, args))
-            for body in [body_of(graph, op, attr) for attr in CALLS[op.type]])
+        bodies = [count(body, {} if loop else bind(graph, known, body, args))
+                  for body in [body_of(graph, op, attr) for attr in CALLS[op.type]]]
+        total += int(trips) * max(flops for flops, _ in bodies)
+        runs += int(trips) * max(body_runs for _, body_runs in bodies)
         continue
       try:
         if op.type in ('Conv2D', 'Conv2DBackpropInput', 'Conv2DBackpropFilter'):
@@ -217,18 +239,19 @@ def graph_walk_flops(graph, notes):
           total += int(ops.get_stats_for_node_def(graph, op.node_def, 'flops').value or 0)
       except ValueError:
         notes.append(f'{op.name} ({op.type}): shape not fully known, not counted')
-    return total
+    return total, runs
 
-  return count(graph, {})
+  flops, runs = count(graph, {})
+  return dict(flops=flops, ops=runs)
 
 
 # The child: one config's train step, policy step and FLOPs in a fresh process.
 
-def make_config(name):
+def make_config(name, precision='32'):
   import dreamer
   presets = [] if name == 'paper' else ['--configs', name]
   with tempfile.TemporaryDirectory() as logdir:  # parse_args checks that it is writable.
-    return dreamer.parse_args(['--logdir', logdir, '--task', 'dmc_walker_walk', *presets])
+    return dreamer.parse_args(['--logdir', logdir, '--task', 'dmc_walker_walk', '--precision', precision, *presets])
 
 
 def stats(times):
@@ -248,10 +271,86 @@ def timed(fn, count):
   return times
 
 
-def child(name, parts, steps, policy_calls):
+def step_parts(agent, batch):
+  """The parts of one train step (dreamer.Dreamer._gradients) as separate tf.functions
+  on fixed inputs: the posterior and imagined features come from one untimed call.
+  A backward pass is timed together with its forward pass; `breakdown` subtracts."""
+  import tensorflow as tf
+  data = agent.preprocess(batch)
+  (_, model_vars), (_, actor_vars), *value = agent._optimizers()
+  value_vars = value[0][1] if value else []
+  post = tf.function(lambda: agent._model_loss(data)[1])()
+  imag_feat = tf.function(lambda: agent._imagine_ahead(post))()
+
+  def world_model(backward):
+    with tf.GradientTape() as tape:
+      loss = agent._model_loss(data)[0]
+    return tape.gradient(loss, model_vars) if backward else loss
+
+  def behaviour():  # As _gradients: one tape per loss, the value tape on the value head only.
+    with tf.GradientTape() as actor_tape, tf.GradientTape(watch_accessed_variables=False) as value_tape:
+      value_tape.watch(value_vars)
+      actor_loss, value_loss, _ = agent._behaviour_losses(agent._imagine_ahead(post))
+    return actor_tape.gradient(actor_loss, actor_vars), value_tape.gradient(value_loss, value_vars) if value else []
+
+  parts = dict(
+      world_model_forward=lambda: world_model(False),
+      world_model_forward_backward=lambda: world_model(True),
+      action_entropy=lambda: tf.reduce_mean(agent.actor(agent.dynamics.get_feat(post)).entropy()),
+      imagination_forward=lambda: agent._imagine_ahead(post),
+      behaviour_losses_forward=lambda: agent._behaviour_losses(imag_feat)[:2],
+      behaviour_forward_backward=behaviour,
+      train_step=lambda: agent.train(batch))
+  return {name: tf.function(fn) for name, fn in parts.items()}
+
+
+def breakdown(agent, batch, rounds):
+  """Median seconds and op runs per train step of each part of it. Every round times
+  each part once, so that drift in the machine's speed hits all alike. rest = the
+  step minus the parts: optimisers, gradient clipping, finiteness checks, metrics."""
+  import tensorflow as tf
+  parts = step_parts(agent, batch)
+  run = {name: (lambda fn=fn: [t.numpy() for t in tf.nest.flatten(fn())]) for name, fn in parts.items()}
+  for fn in run.values():
+    fn()  # Trace.
+  times = {name: [] for name in run}
+  for _ in range(rounds):
+    for name, fn in run.items():
+      times[name] += timed(fn, 1)
+  t = {name: float(np.median(values)) for name, values in times.items()}
+  notes = []
+  ops = {name: graph_walk(fn.get_concrete_function().graph, notes)['ops'] for name, fn in parts.items()}
+  seconds = dict(
+      world_model_forward=t['world_model_forward'],
+      world_model_backward=t['world_model_forward_backward'] - t['world_model_forward'],
+      action_entropy=t['action_entropy'], imagination_forward=t['imagination_forward'],
+      behaviour_losses_forward=t['behaviour_losses_forward'],
+      behaviour_backward=t['behaviour_forward_backward'] - t['imagination_forward'] - t['behaviour_losses_forward'])
+  seconds['rest'] = t['train_step'] - sum(seconds.values())
+  return dict(seconds=seconds, step_s=t['train_step'], rounds=rounds, measured_s=t, ops=ops)
+
+
+def input_pipeline(config, batches, episodes=3):
+  """Seconds per batch of tools.make_dataset over random episodes of the config's
+  length (generator, batching; prefetch overlaps it with training in dreamer.py)."""
+  import tools
+  rng = np.random.default_rng(0)
+  rows = config.time_limit // config.action_repeat + 1
+  with tempfile.TemporaryDirectory() as folder:
+    for _ in range(episodes):
+      tools.save_episode(folder, dict(
+          image=rng.integers(0, 256, (rows, 64, 64, 3), np.uint8), discount=np.ones(rows, np.float32),
+          action=rng.uniform(-1, 1, (rows, ACTIONS)).astype(np.float32), reward=rng.normal(size=rows).astype(np.float32)))
+    dataset = iter(tools.make_dataset(tools.Episodes(folder), config.batch_size, config.batch_length))
+    timed(lambda: next(dataset), 5)
+    return sum(timed(lambda: next(dataset), batches)) / batches
+
+
+def child(name, precision, parts, steps, policy_calls):
   import tensorflow as tf
   import dreamer
-  config = make_config(name)
+  config = make_config(name, precision)
+  dreamer.setup_devices(config)  # The mixed-precision policy.
   agent = dreamer.Dreamer(config, ACTIONS)
   shape = [config.batch_size, config.batch_length]
   batch = dict(
@@ -259,15 +358,24 @@ def child(name, parts, steps, policy_calls):
       action=tf.random.uniform(shape + [ACTIONS], -1, 1), reward=tf.random.normal(shape),
       discount=tf.ones(shape))
   sizes = 'batch_size batch_length horizon deter_size stoch_size num_units cnn_depth'.split()
-  out = dict(sizes={key: getattr(config, key) for key in sizes}, rss_before_train_mb=peak_rss_mb())
+  out = dict(config=name, precision=precision, sizes={key: getattr(config, key) for key in sizes},
+             rss_before_train_mb=peak_rss_mb())
   if 'train' in parts:
-    step = lambda: float(agent.train(batch)['model_loss'])
+    metrics = {}
+    def step():
+      metrics.update(agent.train(batch))
+      float(metrics['model_loss'])
     first = timed(step, 1)[0]
     timed(step, 2)
     out['train'] = dict(first_call_s=first, **stats(timed(step, steps)))
     out['peak_rss_mb'] = peak_rss_mb()
     device = 'GPU:0' if tf.config.list_physical_devices('GPU') else 'CPU:0'
     out['allocator_peak_mb'] = tf.config.experimental.get_memory_info(device)['peak'] / 2 ** 20
+    losses = [key for key in metrics if key.endswith(('_loss', '_grad_norm'))]
+    out['finite'] = {key: bool(np.isfinite(float(metrics[key]))) for key in losses}
+  if 'breakdown' in parts:
+    out['breakdown'] = breakdown(agent, batch, steps)
+    out['breakdown']['input_pipeline_s'] = input_pipeline(config, steps)
   if 'policy' in parts:
     policy = dreamer.Policy(agent, True, config.expl_amount)
     obs = {'image': np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), np.uint8)}
@@ -281,13 +389,15 @@ def child(name, parts, steps, policy_calls):
   if 'flops' in parts:
     graph = agent.train.get_concrete_function(batch).graph
     notes = []
+    walk = graph_walk(graph, notes)
     out['flops'] = dict(analytic=analytic_flops(config), profiler_outer_graph=profiler_flops(graph),
-                        graph_walk=graph_walk_flops(graph, notes), graph_walk_notes=notes[:20])
+                        graph_walk=walk['flops'], graph_walk_notes=notes[:20])
+    out['ops_per_step'] = walk['ops']
   print('RESULT', json.dumps(out))
 
 
-def run_child(name, args):
-  command = [sys.executable, __file__, '--child', name, '--parts', ','.join(args.parts),
+def run_child(name, precision, args):
+  command = [sys.executable, __file__, '--child', name, '--precision', precision, '--parts', ','.join(args.parts),
              '--steps', str(args.steps), '--policy-calls', str(args.policy_calls)]
   result = subprocess.run(command, capture_output=True, text=True)
   lines = [line for line in result.stdout.splitlines() if line.startswith('RESULT ')]
@@ -298,12 +408,44 @@ def run_child(name, args):
 
 # Parts measured in the main process.
 
-def matmul_gflops(size, reps):
+def matmul_peaks(size, reps):
+  """Median GFLOP/s (2 n^3 FLOPs) of an n x n tf.matmul in each precision's dtype, the
+  dtypes alternating rep by rep: this machine's practical peak per precision. A dtype
+  without a CPU kernel gets {'error': ...}."""
   import tensorflow as tf
-  a, b = tf.random.normal([size, size]), tf.random.normal([size, size])
-  multiply = lambda: tf.matmul(a, b)[0, 0].numpy()
-  multiply()
-  return dict(size=size, reps=reps, gflops=2 * size ** 3 / np.median(timed(multiply, reps)) / 1e9)
+  calls, times, out = {}, {}, {}
+  for precision, dtype in PRECISIONS.items():
+    a, b = (tf.cast(tf.random.normal([size, size]), dtype) for _ in range(2))
+    calls[precision] = lambda a=a, b=b: tf.matmul(a, b)[0, 0].numpy()
+    try:
+      calls[precision]()
+      times[precision] = []
+    except Exception as e:  # No kernel for this dtype here.
+      out[precision] = dict(dtype=dtype, error=f'{type(e).__name__}: {e}'.splitlines()[0])
+  for _ in range(reps):
+    for precision in times:
+      times[precision] += timed(calls[precision], 1)
+  for precision, values in times.items():
+    out[precision] = dict(dtype=PRECISIONS[precision], size=size, reps=reps, gflops=2 * size ** 3 / np.median(values) / 1e9)
+  return out
+
+
+def fraction_of_peak(flops, seconds, peak_gflops):
+  """Achieved GFLOP/s of `flops` done in `seconds`, and its fraction of the peak."""
+  achieved = flops / seconds / 1e9
+  return achieved, achieved / peak_gflops
+
+
+def add_fractions(run, peaks):
+  """Every train-step time of a child's `run` as a fraction of its precision's matmul peak."""
+  peak = peaks.get(run['precision'], {}).get('gflops')
+  if not (peak and 'train' in run and 'flops' in run):
+    return
+  flops = run['flops']['analytic']['total']
+  run['achieved_gflops'], run['fraction_of_peak'] = fraction_of_peak(flops, run['train']['median_s'], peak)
+  run['fraction_of_peak_best'] = fraction_of_peak(flops, run['train']['min_s'], peak)[1]
+  if 'breakdown' in run:
+    run['breakdown']['fraction_of_peak'] = fraction_of_peak(flops, run['breakdown']['step_s'], peak)[1]
 
 
 class TimedWorker:
@@ -431,12 +573,30 @@ def end_to_end(steps):
               env_steps_per_s=steps / wall, note='includes startup, TF import, tracing, prefill and evals')
 
 
+def cpu_info(text):
+  """CPU model, logical cores and ISA_FEATURES (present or not) from /proc/cpuinfo's text."""
+  field = lambda name: re.search(rf'^{name}\s*:(.*)$', text, re.M)
+  model, flags = field('model name'), field('flags')
+  flags = set(flags.group(1).split()) if flags else set()
+  return dict(cpu_model=model.group(1).strip() if model else platform.processor() or 'unknown',
+              cores=len(re.findall(r'^processor\s*:', text, re.M)) or os.cpu_count(),
+              isa={feature: feature in flags for feature in ISA_FEATURES})
+
+
+def machine_kind(info):
+  """A file-name word for the kind of machine: the CPU model without trademarks,
+  clock and filler words, plus '-amx' with matrix units ('amd-epyc', 'intel-xeon-amx')."""
+  name = re.sub(r'\((R|TM)\)|@.*|\b(processor|cpu|\d+-core)\b', ' ', info['cpu_model'], flags=re.I)
+  words = re.findall(r'[a-z0-9]+', name.lower()) or ['unknown']
+  return '-'.join(words) + ('-amx' if info['isa'].get('amx_bf16') else '')
+
+
 def metadata():
   git = lambda *a: subprocess.run(['git', '-C', str(ROOT), *a], capture_output=True, text=True).stdout.strip()
-  cpu = [l.split(':', 1)[1].strip() for l in open('/proc/cpuinfo') if l.startswith('model name')]
+  cpu = cpu_info(pathlib.Path('/proc/cpuinfo').read_text() if os.path.exists('/proc/cpuinfo') else '')
   return dict(date=datetime.datetime.now().isoformat(timespec='seconds'), python=platform.python_version(),
-              tensorflow=importlib.metadata.version('tensorflow'),
-              cpu_model=cpu[0] if cpu else platform.processor(), cores=os.cpu_count(),
+              tensorflow=importlib.metadata.version('tensorflow'), **cpu, machine_kind=machine_kind(cpu),
+              onednn=os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'default (on)'),
               git_commit=git('rev-parse', 'HEAD'), git_dirty=bool(git('status', '--porcelain')),
               command=' '.join([sys.executable] + sys.argv), load_average_at_start=os.getloadavg())
 
@@ -444,9 +604,14 @@ def metadata():
 def print_table(result):
   rows = []
   row = lambda *cells: rows.append(cells)
-  if 'matmul' in result:
-    m = result['matmul']
-    row('matmul', f'{m["size"]}^2 float32 tf.matmul', m.get('error') or f'{m["gflops"]:.1f} GFLOP/s')
+  meta = result['meta']
+  features = ', '.join(f'{feature} {"yes" if present else "no"}' for feature, present in meta['isa'].items())
+  row('machine', f'{meta["cpu_model"]}, {meta["cores"]} cores', f'kind {meta["machine_kind"]}; {features}')
+  for precision, m in result.get('matmul', {}).items():
+    if precision == 'error' or 'error' in m:
+      row('matmul', f'{precision} tf.matmul', 'FAILED ' + (m if precision == 'error' else m['error']))
+    else:
+      row('matmul', f'{m["size"]}^2 {m["dtype"]} tf.matmul, median of {m["reps"]}', f'{m["gflops"]:.1f} GFLOP/s')
   for name, r in result['configs'].items():
     if 'error' in r:
       row(name, 'FAILED', r['error'].splitlines()[0])
@@ -463,7 +628,21 @@ def print_table(result):
       row(name, 'GFLOP/step analytic', f'{f["analytic"]["total"] / 1e9:.4g} ({parts})')
       row(name, 'GFLOP/step graph walk; profiler', f'{f["graph_walk"] / 1e9:.4g}; {f["profiler_outer_graph"] / 1e9:.4g} (outer graph only, no loop bodies)')
     if 'fraction_of_peak' in r:
-      row(name, 'achieved GFLOP/s, fraction of matmul', f'{r["achieved_gflops"]:.1f}, {r["fraction_of_peak"]:.1%}')
+      row(name, f'achieved GFLOP/s; fraction of {PRECISIONS[r["precision"]]} matmul (median; fastest)',
+          f'{r["achieved_gflops"]:.1f}; {r["fraction_of_peak"]:.1%}; {r["fraction_of_peak_best"]:.1%}')
+    if 'finite' in r:
+      row(name, 'losses and gradient norms finite', 'all' if all(r['finite'].values()) else
+          'NOT ' + ', '.join(key for key, ok in r['finite'].items() if not ok))
+    if 'ops_per_step' in r:
+      row(name, 'op runs per train step (loop bodies x trips)', f'{r["ops_per_step"]}')
+    if 'breakdown' in r:
+      b = r['breakdown']
+      share = f'; {b["fraction_of_peak"]:.1%} of peak' if 'fraction_of_peak' in b else ''
+      row(name, f'step parts, median of {b["rounds"]} rounds', f'step {b["step_s"] * 1e3:.1f} ms{share}')
+      for part, seconds in b['seconds'].items():
+        row(name, f'... {part.replace("_", " ")}', f'{seconds * 1e3:.1f} ms ({seconds / b["step_s"]:.0%})')
+      row(name, '... input pipeline per batch (prefetched)', f'{b["input_pipeline_s"] * 1e3:.1f} ms')
+      row(name, 'op runs per call of each part', ', '.join(f'{part} {ops}' for part, ops in b['ops'].items()))
   e = result.get('env', {})
   if 'error' in e:
     row('env', 'FAILED', e['error'].splitlines()[0])
@@ -508,34 +687,38 @@ def main():
   parser.add_argument('--envs', type=int, default=os.cpu_count(), help='concurrent env workers')
   parser.add_argument('--e2e-steps', type=int, default=800)
   parser.add_argument('--matmul-size', type=int, default=4096)
-  parser.add_argument('--out', default=str(ROOT / 'results' / 'benchmark.json'))
+  parser.add_argument('--precision', default='32',
+                      help='comma-separated dreamer.py --precision values (32, bf16, 16) to run the train configs in')
+  parser.add_argument('--out', help='JSON file (default results/benchmark-<machine kind>.json)')
   parser.add_argument('--child', help=argparse.SUPPRESS)
   args = parser.parse_args()
   args.parts = args.parts.split(',')
   if not set(args.parts) <= set(PARTS):
     parser.error(f'--parts must be among {",".join(PARTS)}')
+  args.precision = args.precision.split(',')
+  if not set(args.precision) <= set(PRECISIONS):
+    parser.error(f'--precision must be among {",".join(PRECISIONS)}')
   args.steps = args.steps or (10 if args.quick else 30)
   args.policy_calls = args.policy_calls or (100 if args.quick else 500)
   args.env_steps = args.env_steps or (200 if args.quick else 1000)
   if args.child:
-    return child(args.child, args.parts, args.steps, args.policy_calls)
+    return child(args.child, args.precision[0], args.parts, args.steps, args.policy_calls)
 
   result = dict(meta=metadata(), configs={})
   if 'matmul' in args.parts:
-    result['matmul'] = attempt(matmul_gflops, args.matmul_size, 3 if args.quick else 10)
+    result['matmul'] = attempt(matmul_peaks, args.matmul_size, 3 if args.quick else 10)
   if set(args.parts) & set(CHILD_PARTS):
     for name in args.train_configs.split(','):
-      result['configs'][name] = r = attempt(run_child, name, args)
-      if 'train' in r and 'flops' in r and 'gflops' in result.get('matmul', {}):
-        r['achieved_gflops'] = r['flops']['analytic']['total'] / r['train']['median_s'] / 1e9
-        r['fraction_of_peak'] = r['achieved_gflops'] / result['matmul']['gflops']
+      for precision in args.precision:
+        result['configs'][f'{name}/{precision}'] = r = attempt(run_child, name, precision, args)
+        add_fractions(r, result.get('matmul', {}))
   if 'env' in args.parts:
     result['env'] = attempt(env_rates, args.envs, args.env_steps)
   if 'e2e' in args.parts:
     result['e2e'] = attempt(end_to_end, args.e2e_steps)
   result['main_process_peak_rss_mb'] = peak_rss_mb()
   print_table(result)
-  out = pathlib.Path(args.out)
+  out = pathlib.Path(args.out or ROOT / 'results' / f'benchmark-{result["meta"]["machine_kind"]}.json')
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(result, indent=2, default=float))
   print(f'Wrote {out}')

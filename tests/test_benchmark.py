@@ -7,6 +7,8 @@ import subprocess
 import sys
 import types
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / 'scripts' / 'benchmark.py'
 
@@ -17,26 +19,103 @@ spec.loader.exec_module(benchmark)
 
 def test_debug_config_run_writes_positive_numbers(tmp_path):
   out = tmp_path / 'benchmark.json'
-  command = [sys.executable, str(SCRIPT), '--parts', 'train,policy,flops,matmul',
+  command = [sys.executable, str(SCRIPT), '--parts', 'train,breakdown,policy,flops,matmul',
              '--train-configs', 'debug', '--steps', '3', '--policy-calls', '10',
              '--matmul-size', '256', '--out', str(out)]
-  result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+  result = subprocess.run(command, capture_output=True, text=True, timeout=1800)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-  assert 'train step, median' in result.stdout
+  assert 'train step, median' in result.stdout and 'step parts' in result.stdout
   data = json.loads(out.read_text())
-  assert {'date', 'tensorflow', 'cpu_model', 'git_commit', 'command'} <= set(data['meta'])
-  debug = data['configs']['debug']
+  assert {'date', 'tensorflow', 'cpu_model', 'cores', 'isa', 'machine_kind', 'git_commit', 'command'} <= set(data['meta'])
+  assert set(data['meta']['isa']) == set(benchmark.ISA_FEATURES)
+  debug = data['configs']['debug/32']
+  assert debug['precision'] == '32' and debug['finite'] and all(debug['finite'].values())
   numbers = [
       debug['train']['first_call_s'], debug['train']['median_s'], debug['train']['min_s'],
       debug['train']['max_s'], debug['peak_rss_mb'], debug['allocator_peak_mb'], debug['policy']['median_s'],
       debug['flops']['analytic']['total'], debug['flops']['graph_walk'],
-      debug['flops']['profiler_outer_graph'], data['matmul']['gflops'],
-      debug['achieved_gflops'], debug['fraction_of_peak'], data['main_process_peak_rss_mb']]
+      debug['flops']['profiler_outer_graph'], data['matmul']['32']['gflops'], data['matmul']['bf16']['gflops'],
+      debug['achieved_gflops'], debug['fraction_of_peak'], debug['fraction_of_peak_best'],
+      debug['ops_per_step'], debug['breakdown']['input_pipeline_s'], data['main_process_peak_rss_mb']]
   assert all(isinstance(n, (int, float)) and n > 0 for n in numbers), numbers
   assert debug['train']['count'] == 3
   assert debug['flops']['graph_walk_notes'] == []
   # The two independent counts agree to within the analytic count's x3 rule.
   assert 0.7 < debug['flops']['graph_walk'] / debug['flops']['analytic']['total'] < 1.1
+  parts = debug['breakdown']
+  assert all(t > 0 for t in parts['measured_s'].values()), parts['measured_s']
+  assert pytest.approx(sum(parts['seconds'].values())) == parts['step_s']
+  ops = parts['ops']
+  # A backward pass adds ops to its forward pass; the whole step holds every part.
+  assert ops['world_model_forward_backward'] > ops['world_model_forward'] > 0
+  assert ops['behaviour_forward_backward'] > ops['imagination_forward'] + ops['behaviour_losses_forward']
+  assert ops['train_step'] > ops['world_model_forward_backward'] + ops['behaviour_forward_backward']
+
+
+CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz
+flags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_bf16 amx_tile
+
+processor\t: 1
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz
+flags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_bf16 amx_tile
+"""
+
+
+def test_cpu_info_reads_model_cores_and_matrix_features():
+  info = benchmark.cpu_info(CPUINFO)
+  assert info['cpu_model'] == 'Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz'
+  assert info['cores'] == 2
+  assert info['isa'] == dict(avx2=True, avx512f=True, avx512_bf16=True, avx512_fp16=False,
+                             amx_tile=True, amx_bf16=True, amx_fp16=False)
+  assert benchmark.machine_kind(info) == 'intel-xeon-platinum-8481c-amx'
+  # The word boundary: 'amx_bf16' is not read from 'amx_bf16x' or from another field.
+  other = benchmark.cpu_info(CPUINFO.replace('amx_bf16 ', 'amx_bf16x '))
+  assert not other['isa']['amx_bf16'] and benchmark.machine_kind(other) == 'intel-xeon-platinum-8481c'
+
+
+def test_machine_kind_of_the_projects_machines():
+  kind = lambda model, amx=False: benchmark.machine_kind(dict(cpu_model=model, isa=dict(amx_bf16=amx)))
+  assert kind('AMD EPYC') == 'amd-epyc'
+  assert kind('AMD EPYC 7B13 64-Core Processor') == 'amd-epyc-7b13'
+  assert kind('Intel(R) Xeon(R) Processor', amx=True) == 'intel-xeon-amx'
+  assert kind('Intel(R) Xeon(R) Processor') == 'intel-xeon'
+
+
+def test_fractions_use_the_peak_of_the_runs_precision():
+  # 70.5 GFLOP in 0.5 s is 141 GFLOP/s: 70.5% of a 200 GFLOP/s float32 peak.
+  achieved, fraction = benchmark.fraction_of_peak(70.5e9, 0.5, 200.0)
+  assert achieved == pytest.approx(141.0) and fraction == pytest.approx(0.705)
+  peaks = {'32': dict(gflops=200.0), 'bf16': dict(gflops=500.0)}
+  run = dict(precision='bf16', train=dict(median_s=0.5, min_s=0.4), flops=dict(analytic=dict(total=70.5e9)),
+             breakdown=dict(step_s=0.3))
+  benchmark.add_fractions(run, peaks)
+  assert run['achieved_gflops'] == pytest.approx(141.0)
+  assert run['fraction_of_peak'] == pytest.approx(141.0 / 500)
+  assert run['fraction_of_peak_best'] == pytest.approx(70.5 / 0.4 / 500)
+  assert run['breakdown']['fraction_of_peak'] == pytest.approx(70.5 / 0.3 / 500)
+  # Without a measured peak for its precision, no fraction is made up.
+  lone = dict(precision='16', train=dict(median_s=0.5, min_s=0.4), flops=dict(analytic=dict(total=1e9)))
+  benchmark.add_fractions(lone, peaks)
+  assert 'fraction_of_peak' not in lone
+
+
+def test_graph_walk_counts_loop_bodies_times_their_trips():
+  import tensorflow as tf
+  a = tf.ones([4, 4])
+
+  def walk(trips):
+    fn = tf.function(lambda: tf.scan(lambda x, _: tf.matmul(x, a), tf.range(trips), a))
+    return benchmark.graph_walk(fn.get_concrete_function().graph, [])
+
+  # Per trip: 2 * 4^3 FLOPs of the 4x4 matmul and 1 of each of the loop's two scalar
+  # counter increments; nothing outside the loop has registered FLOPs.
+  assert walk(5)['flops'] == 5 * 130 and walk(10)['flops'] == 10 * 130
+  # The ops grow by one body per trip.
+  body = walk(6)['ops'] - walk(5)['ops']
+  assert body > 1 and walk(10)['ops'] - walk(5)['ops'] == 5 * body
 
 
 def test_analytic_flop_formula():
