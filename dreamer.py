@@ -253,7 +253,7 @@ class Dreamer(tf.Module):
     """World-model loss (SPEC 3), posterior states and metrics; `noise` as for
     `RSSM.observe`."""
     out = self._model_outputs(data, noise)
-    metrics = {k: out[k] for k in ('image_loss', 'reward_loss', 'pcont_loss') if k in out}
+    metrics = {k: v for k, v in out.items() if k.endswith('_loss') and k not in ('kl_loss', 'model_loss')}
     metrics.update(
         kl=tf.reduce_mean(out['kl']),
         prior_ent=tf.reduce_mean(self.dynamics.get_dist(out['prior']).entropy()),
