@@ -130,7 +130,7 @@ def test_injected_inf_gradient_skips_update_and_keeps_weights(tmp_path, precisio
 
 
 def test_batch_not_divisible_by_replicas_stops_before_writing_the_run(tmp_path, monkeypatch):
-  monkeypatch.setattr(dreamer, 'setup_devices', lambda config: types.SimpleNamespace(num_replicas_in_sync=2))
+  monkeypatch.setattr(dreamer, 'setup_devices', lambda config: types.SimpleNamespace(num_replicas_in_sync=2, cluster_resolver=None))
   config = config_for(tmp_path, '--batch_size', '3')
   with pytest.raises(dreamer.RunError, match='--batch_size 3 must be a multiple of the 2 replicas'):
     dreamer.main(config)

@@ -129,7 +129,7 @@ def test_two_starts_on_one_logdir_one_trains_and_a_killed_holder_is_taken_over(t
       f'Error: {logdir} is in use by process {winner.pid} on host {socket.gethostname()} '
       f'(since {record_since(stderr)}); wait for it to end, stop it, or use another --logdir.')
   assert 'Traceback' not in stderr
-  assert outputs[winner.pid][0].count('Prefill') == 1
+  assert outputs[winner.pid][0].count('Prefill dataset with') == 1
   rows = [json.loads(line) for line in (logdir / 'metrics.jsonl').read_text().splitlines()]
   assert [row['step'] for row in rows if 'test/return' in row] == [200]  # One run's evaluation.
   assert tools.count_steps(logdir / 'episodes', 2) == 400
