@@ -734,7 +734,7 @@ def parse_args(argv=None):
   where, _ = run.parse_known_args(argv)
   defaults = dict(DEFAULTS)
   if where.mode == 'eval':  # The run's own settings; flags given now still win.
-    saved = saved_config(where.logdir) or {}
+    saved = runs.read_config(pathlib.Path(where.logdir).expanduser())
     defaults.update({k: v for k, v in saved.items() if k in DEFAULTS and k not in ('mode', 'logdir')})
   for name in known.configs:
     defaults.update(PRESETS[name])
@@ -749,20 +749,11 @@ def parse_args(argv=None):
   return config
 
 
-def saved_config(logdir):
-  """The settings saved in a run's config.json, or None if it has none."""
-  path = pathlib.Path(logdir).expanduser() / 'config.json'
-  try:
-    return json.loads(path.read_text())
-  except (OSError, ValueError):
-    return None
-
-
 def validate(config):
   """The first problem with the configuration, as one sentence, or None."""
   if not config.logdir:
     return 'Set --logdir, the folder for episodes, checkpoints and logs.'
-  if config.mode == 'eval' and not saved_config(config.logdir):
+  if config.mode == 'eval' and not runs.read_config(pathlib.Path(config.logdir).expanduser()):
     return f'--mode eval needs a trained run, but {config.logdir} holds no readable config.json.'
   if config.mode == 'eval' and not tools.Checkpoints(pathlib.Path(config.logdir).expanduser() / 'checkpoints', None, 1).saved():
     return f'{config.logdir} holds no checkpoint to evaluate yet; train it first (--mode train).'
