@@ -4,12 +4,12 @@ import pathlib
 import tracemalloc
 import types
 import warnings
-import zlib
 
 import numpy as np
 import pytest
 import scipy.stats
 import tensorflow as tf
+import zstandard
 
 import tools
 
@@ -255,10 +255,10 @@ def test_store_reports_its_bytes_the_compressed_chunks_plus_arrays(tmp_path):
   gc.collect()  # Cycles the loader left behind.
   held = tracemalloc.get_traced_memory()[0] - before
   tracemalloc.stop()
-  # Independently: zlib level 6 of every 10 frames, plus the other stored keys
+  # Independently: zstd level 9 of every 10 frames, plus the other stored keys
   # (the loader keeps the keys of SPEC 7 only, not `position`).
   expected = sum(
-      len(zlib.compress(e['image'][i: i + 10].tobytes(), 6)) for e in saved for i in range(0, len(e['image']), 10))
+      len(zstandard.compress(e['image'][i: i + 10].tobytes(), 9)) for e in saved for i in range(0, len(e['image']), 10))
   expected += sum(e[key].nbytes for e in saved for key in ('action', 'reward', 'discount'))
   assert episodes.nbytes() == expected
   raw = sum(e[key].nbytes for e in saved for key in ('image', 'action', 'reward', 'discount'))
