@@ -558,13 +558,14 @@ atexit.register(lambda: [worker.close() for worker in list(_WORKERS)])
 
 def _serve(conn):
   """Worker loop: builds the env on 'init', then answers (name, args) calls
-  until 'close' or until the parent's end of the socket closes."""
+  until 'close' or until the parent's end of the socket closes (EOF) or is reset
+  (the parent was killed)."""
   signal.signal(signal.SIGINT, signal.SIG_IGN)
   env = None
   while True:
     try:
       name, args = conn.recv()
-    except EOFError:
+    except (EOFError, ConnectionResetError):
       return
     if name == 'close':
       return

@@ -248,10 +248,11 @@ def graph_walk(graph, notes):
 # The child: one config's train step, policy step and FLOPs in a fresh process.
 
 def make_config(name, precision='32'):
-  import dreamer
+  import dreamer  # noqa: F401 (first: filters TensorFlow's start-up messages)
+  import configs
   presets = [] if name == 'paper' else ['--configs', name]
   with tempfile.TemporaryDirectory() as logdir:  # parse_args checks that it is writable.
-    return dreamer.parse_args(['--logdir', logdir, '--task', 'dmc_walker_walk', '--precision', precision, *presets])
+    return configs.parse_args(['--logdir', logdir, '--task', 'dmc_walker_walk', '--precision', precision, *presets])
 
 
 def stats(times):

@@ -30,6 +30,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 import dreamer
+import configs
 import golden_numpy
 import tools
 import wrappers
@@ -135,7 +136,7 @@ def replay(agent, batch, noise):
 
 def write(out_path, flags):
   with tempfile.TemporaryDirectory() as logdir:
-    config = dreamer.parse_args(['--logdir', logdir, *flags])
+    config = configs.parse_args(['--logdir', logdir, *flags])
     problem = unsupported(config)
     if problem:
       raise golden_numpy.GoldenError(problem)

@@ -5,7 +5,7 @@ import shlex
 import subprocess
 import sys
 
-import dreamer
+import configs
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / 'scripts' / 'ablations.py'
@@ -23,7 +23,7 @@ def test_dry_run_prints_every_method_task_and_seed_with_its_flags(tmp_path):
   for line in lines:
     argv = shlex.split(line)
     assert argv[:2] == [sys.executable, str(ROOT / 'dreamer.py')]
-    config = dreamer.parse_args(argv[2:])  # Valid dreamer.py flags.
+    config = configs.parse_args(argv[2:])  # Valid dreamer.py flags.
     task, method, seed = pathlib.Path(config.logdir).relative_to(tmp_path).parts
     assert (task, int(seed)) == (config.task, config.seed) and config.batch_size == 4  # The debug preset passed on.
     runs[task, method, seed] = config

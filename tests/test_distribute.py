@@ -15,12 +15,13 @@ import tensorflow as tf
 import tf_keras as keras
 
 import dreamer
+import configs
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def config_for(tmp_path, *flags):
-  return dreamer.parse_args([
+  return configs.parse_args([
       '--logdir', str(tmp_path / 'run'), '--task', 'dmc_cartpole_balance', '--configs', 'debug',
       '--batch_size', '4', '--batch_length', '6', *flags])
 

@@ -6,12 +6,13 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 import dreamer
+import configs
 
 tfd = tfp.distributions
 
 
 def tiny_config(*flags):
-  return dreamer.parse_args([
+  return configs.parse_args([
       '--logdir', '/tmp/unused', '--task', 'dmc_cartpole_balance', '--configs', 'debug',
       '--batch_size', '3', '--batch_length', '6', *flags])
 
@@ -515,4 +516,4 @@ def test_logdir_of_another_variant_is_not_resumed(tmp_path, flag, old):
   (tmp_path / 'config.json').write_text(f'{{"{flag[2:]}": "{old}"}}')
   config = tiny_config('--logdir', str(tmp_path / 'new'))  # The defaults, dreamer and reconstruction.
   config.logdir = str(tmp_path)
-  assert dreamer.check_logdir(config) == f'{tmp_path} holds a run with {flag} {old}; resume with those settings or use a new --logdir.'
+  assert configs.check_logdir(config) == f'{tmp_path} holds a run with {flag} {old}; resume with those settings or use a new --logdir.'

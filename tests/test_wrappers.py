@@ -255,6 +255,24 @@ def test_worker_ignores_sigint_and_exits_when_its_parent_dies():
 
 
 @pytest.mark.usefixtures('importable_tests')
+def test_worker_of_a_killed_parent_exits_quietly_even_with_a_reply_unread():
+  # The parent dies with the worker's reply to reset() unread, so its socket is
+  # reset rather than closed: the worker must still exit 0 without a traceback.
+  code = ('import time, wrappers, test_wrappers\n'
+          'env = wrappers.Parallel(test_wrappers.FakeEnv, "process")\n'
+          'env.reset()\n'
+          'print(env.process.pid, flush=True)\n'
+          'time.sleep(60)\n')
+  parent = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  worker = int(parent.stdout.readline())
+  time.sleep(0.5)  # The worker's reply arrives in the parent's socket.
+  parent.kill()
+  parent.wait()
+  assert wait_until_gone(worker, 5)
+  assert parent.stderr.read() == ''
+
+
+@pytest.mark.usefixtures('importable_tests')
 def test_killed_worker_raises_within_seconds_and_close_leaves_no_process():
   env = wrappers.Parallel(FakeEnv, 'process')
   os.kill(env.process.pid, signal.SIGKILL)

@@ -1,0 +1,175 @@
+"""The settings of a Dreamer run: every default, the presets, the command line of
+dreamer.py and its checks.
+
+Usage: python dreamer.py --logdir logdir/dmc_walker_walk/dreamer/0 --task dmc_walker_walk
+"""
+
+import argparse
+import json
+import pathlib
+import tempfile
+import textwrap
+
+import runs
+import tools
+import wrappers
+
+# Every setting with its default (SPEC 2-8). The command line is generated from it.
+DEFAULTS = dict(
+    # Run.
+    logdir='', mode='train', task='dmc_walker_walk', seed=0, steps=int(5e6), eval_every=int(1e4),
+    log_every=int(1e3), eval_episodes=1, log_images=True, video_every=int(5e4), checkpoints=3,
+    deterministic=False,
+    nonfinite_patience=10, precision='32', strategy='default',
+    # Environment.
+    envs=1, parallel='process', action_repeat=2, time_limit=1000, prefill=5000,
+    clip_rewards='none',
+    # World model.
+    deter_size=200, stoch_size=30, num_units=400, cnn_depth=32, dense_act='elu',
+    cnn_act='relu', pcont=False, free_nats=3.0, free_nats_per_step=False,
+    kl_scale=1.0, pcont_scale=10.0, batch_noise='independent', objective='reconstruction',
+    # Optimisation and data.
+    batch_size=50, batch_length=50, train_every=1000, train_steps=100, pretrain=100,
+    model_lr=6e-4, value_lr=8e-5, actor_lr=8e-5, adam_epsilon=1e-7, grad_clip=100.0,
+    weight_decay=0.0, weight_decay_pattern=r'.*', dataset_balance=False,
+    # Behaviour.
+    behavior='dreamer', discount=0.99, disclam=0.95, horizon=15,
+    planet_horizon=12, planet_iterations=10, planet_candidates=1000, planet_top=100,
+    action_dist='tanh_normal', action_init_std=5.0, expl='additive_gaussian',
+    expl_amount=0.3, expl_decay=0.0, expl_min=0.0, eval_noise=0.0,
+)
+
+# Named overrides, applied in order by --configs.
+PRESETS = dict(
+    # The whole loop in about a minute on 2 CPU cores.
+    debug=dict(
+        steps=800, prefill=200, time_limit=100, train_every=200, train_steps=3,
+        pretrain=5, eval_every=400, log_every=200, batch_size=4, batch_length=10,
+        deter_size=16, stoch_size=4, num_units=16, cnn_depth=4, horizon=4),
+    # Sized for 2 CPU cores: 1e5 env steps in about 75 minutes, the paper's
+    # schedule ratios, latent sizes and horizon kept (README, Learning check).
+    cpu=dict(cnn_depth=16, num_units=200, batch_size=10),
+    # The behaviour of the authors' TF2 code, behind the published curves (README,
+    # Code behind the published curves): one RSSM noise vector per step for the
+    # whole batch (SPEC 3), and a first training phase of 101 updates (their
+    # constructor trains once to build the optimiser, then pretrains 100).
+    tf2_code=dict(batch_noise='shared', pretrain=101),
+    # The authors' TF1 code, behind the paper's numbers: free nats clipped per step
+    # (SPEC 3) and Adam epsilon 1e-4 (SPEC 6).
+    tf1_code=dict(free_nats_per_step=True, adam_epsilon=1e-4),
+    # Atari (SPEC 8; README, Atari): action repeat 4, episodes up to the emulator's
+    # cap of 108000 frames, the continuation head for lost lives (SPEC 3-4), KL
+    # scale 0.1, horizon 10, tanh-squashed training rewards, a one-hot actor
+    # (SPEC 5) and epsilon-greedy exploration from 0.4, halved every 1.5e6 env
+    # steps down to 0.1 (the authors' TF1 code decays linearly from 0.4 to 0.1).
+    atari=dict(
+        action_repeat=4, time_limit=wrappers.ATARI_MAX_FRAMES, pcont=True, kl_scale=0.1,
+        horizon=10, clip_rewards='tanh', action_dist='onehot', expl='epsilon_greedy',
+        expl_amount=0.4, expl_decay=1.5e6, expl_min=0.1),
+)
+
+CHOICES = dict(
+    mode=('train', 'eval'), precision=('32', '16', 'bf16'), batch_noise=('independent', 'shared'), strategy=('default', 'mirrored', 'multi_worker'),
+    objective=('reconstruction', 'contrastive', 'reward'), behavior=('dreamer', 'no_value', 'planet'),
+    parallel=('none', 'thread', 'process'), clip_rewards=('none', 'tanh'),
+    dense_act=('elu', 'relu'), cnn_act=('relu', 'elu'),
+    action_dist=('tanh_normal', 'onehot'),
+    expl=('additive_gaussian', 'epsilon_greedy', 'completely_random'))
+
+
+def describe_config(config, saved):
+  """The run's settings for the console: what differs from the defaults, the rest
+  in `saved`."""
+  changed = [f'{key} {value}' for key, value in vars(config).items() if key != 'configs' and value != DEFAULTS[key]]
+  lines = [f'Config (all of it in {saved}; presets: {" ".join(config.configs) or "none"}); not at the default:']
+  lines += textwrap.wrap(', '.join(changed) or 'nothing', 100, initial_indent='  ', subsequent_indent='  ')
+  return '\n'.join(lines)
+
+
+def to_int(text):
+  """Integers may be written like 1e5."""
+  value = float(text)
+  if not value.is_integer():
+    raise ValueError(text)
+  return int(value)
+
+
+def to_bool(text):
+  if text not in ('True', 'False'):
+    raise ValueError(text)
+  return text == 'True'
+
+
+def parse_args(argv=None):
+  presets = argparse.ArgumentParser(add_help=False)
+  presets.add_argument('--configs', nargs='+', default=[], choices=sorted(PRESETS))
+  known, _ = presets.parse_known_args(argv)
+  run = argparse.ArgumentParser(add_help=False)
+  run.add_argument('--mode', default=DEFAULTS['mode'])
+  run.add_argument('--logdir', default=DEFAULTS['logdir'])
+  where, _ = run.parse_known_args(argv)
+  defaults = dict(DEFAULTS)
+  if where.mode == 'eval':  # The run's own settings; flags given now still win.
+    saved = runs.read_config(pathlib.Path(where.logdir).expanduser())
+    defaults.update({k: v for k, v in saved.items() if k in DEFAULTS and k not in ('mode', 'logdir')})
+  for name in known.configs:
+    defaults.update(PRESETS[name])
+  parser = argparse.ArgumentParser(description=__doc__, parents=[presets], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  types = {bool: to_bool, int: to_int, float: float, str: str}
+  for key, value in defaults.items():
+    parser.add_argument(f'--{key}', type=types[type(DEFAULTS[key])], default=value, choices=CHOICES.get(key))
+  config = parser.parse_args(argv)
+  error = validate(config)
+  if error:
+    parser.error(error)
+  return config
+
+
+def validate(config):
+  """The first problem with the configuration, as one sentence, or None."""
+  if not config.logdir:
+    return 'Set --logdir, the folder for episodes, checkpoints and logs.'
+  if config.mode == 'eval' and not runs.read_config(pathlib.Path(config.logdir).expanduser()):
+    return f'--mode eval needs a trained run, but {config.logdir} holds no readable config.json.'
+  if config.mode == 'eval' and not tools.Checkpoints(pathlib.Path(config.logdir).expanduser() / 'checkpoints', None, 1).saved():
+    return f'{config.logdir} holds no checkpoint to evaluate yet; train it first (--mode train).'
+  try:
+    wrappers.check_task(config.task)
+  except ValueError as e:
+    return str(e)
+  sizes = ('steps', 'eval_every', 'eval_episodes', 'log_every', 'video_every', 'envs', 'action_repeat', 'time_limit', 'deter_size', 'stoch_size', 'num_units', 'cnn_depth', 'batch_size', 'batch_length', 'train_every', 'horizon', 'checkpoints', 'nonfinite_patience', 'planet_horizon', 'planet_iterations', 'planet_candidates', 'planet_top')
+  for key in sizes:
+    if getattr(config, key) <= 0:
+      return f'--{key} must be positive, got {getattr(config, key)}.'
+  if config.planet_top > config.planet_candidates:
+    return f'--planet_top {config.planet_top} exceeds --planet_candidates {config.planet_candidates}; refit to fewer of them.'
+  rows = config.time_limit // config.action_repeat + 1
+  if config.batch_length > rows:
+    return f'--batch_length {config.batch_length} is longer than an episode ({rows} rows with --time_limit {config.time_limit} and --action_repeat {config.action_repeat}); lower it.'
+  return check_logdir(config)
+
+
+# Settings a run's episodes and checkpoints depend on: a logdir keeps them.
+RUN_DEFINING = ('task', 'action_repeat', 'deter_size', 'stoch_size', 'num_units', 'cnn_depth', 'dense_act', 'cnn_act', 'pcont', 'objective', 'behavior', 'action_dist')
+
+
+def check_logdir(config):
+  """Create the logdir; say what is wrong if it is unwritable or holds a run with
+  other settings."""
+  logdir = pathlib.Path(config.logdir).expanduser()
+  saved = logdir / 'config.json'
+  if saved.exists():
+    try:
+      old = json.loads(saved.read_text())
+    except ValueError:
+      return f'{saved} is not valid JSON; repair or remove it, or use a new --logdir.'
+    changed = [key for key in RUN_DEFINING if key in old and old[key] != getattr(config, key)]
+    if changed:
+      was = ', '.join(f'--{key} {old[key]}' for key in changed)
+      return f'{logdir} holds a run with {was}; resume with those settings or use a new --logdir.'
+  try:
+    logdir.mkdir(parents=True, exist_ok=True)
+    tempfile.TemporaryFile(dir=logdir).close()
+  except OSError as e:
+    return f'Cannot write to --logdir {logdir} ({e.strerror}); choose a writable folder.'
+  return None
