@@ -31,7 +31,7 @@ breakdown  In the same child: the parts of one train step as separate tf.functio
 policy  In the same child: dreamer.Policy(agent, True, expl_amount) on a batch of 1 (one
         tf.function call plus the action's conversion to numpy), median of many calls.
 flops   In the same child, FLOPs of one train step counted three ways:
-        analytic    analytic_flops() below; the fraction of peak uses it. The issue's
+        analytic    flop_count.analytic_flops(); the fraction of peak uses it. The issue's
                     ~0.95 TFLOP for the paper config is this total without value_loss.
         profiler    tf.compat.v1.profiler float_operation() on agent.train's concrete
                     graph. On TF 2.21 it only sees the outer graph: tf.scan loops (RSSM
@@ -89,160 +89,13 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-ACTIONS = 6  # dmc_walker_walk, the paper's default task.
+sys.path.insert(0, str(ROOT / 'scripts'))
+import flop_count  # noqa: E402 (needs the path above)
 PARTS = ('train', 'breakdown', 'policy', 'flops', 'matmul', 'env', 'e2e')
 CHILD_PARTS = ('train', 'breakdown', 'policy', 'flops')
 PRECISIONS = {'32': 'float32', 'bf16': 'bfloat16', '16': 'float16'}  # dreamer.py --precision: matmul dtype.
 # CPU features that decide matmul speed: vector units, bfloat16/float16 dot products, matrix units (AMX).
 ISA_FEATURES = ('avx2', 'avx512f', 'avx512_bf16', 'avx512_fp16', 'amx_tile', 'amx_bf16', 'amx_fp16')
-
-
-# Analytic FLOPs. A multiply-add is 2 FLOPs; biases, activations, the GRU's gates, the
-# distributions and the optimiser (elementwise, < 1% here) are not counted.
-
-def conv_flops(size_out, kernel, c_in, c_out):
-  """Conv2D on square images: every output pixel and channel is a k x k x c_in dot product."""
-  return 2 * size_out ** 2 * kernel ** 2 * c_in * c_out
-
-
-def deconv_flops(size_in, kernel, c_in, c_out):
-  """Conv2DTranspose: every input pixel and channel adds a k x k x c_out patch."""
-  return 2 * size_in ** 2 * kernel ** 2 * c_in * c_out
-
-
-def dense_flops(n_in, n_out):
-  """Dense layer, per row."""
-  return 2 * n_in * n_out
-
-
-def mlp_flops(n_in, units, layers, n_out):
-  return dense_flops(n_in, units) + (layers - 1) * dense_flops(units, units) + dense_flops(units, n_out)
-
-
-def analytic_flops(c, actions=ACTIONS):
-  """FLOPs of one train step of models.py's networks for config `c`, as components.
-  Forward passes that are trained count x3 (forward + backward for inputs and weights).
-  conv: encoder and decoder on B*T frames. model_dense: RSSM observe step, decoder's
-  first dense layer, reward (and pcont) head on B*T rows. action_entropy: the actor on B*T
-  rows, forward only. imagination: img_step + actor + reward + value on B*T*H rows (the
-  actor's backward runs through all of them). value_loss: the value head again on the
-  first H-1 imagined steps for the value loss."""
-  d, feat, hidden = c.cnn_depth, c.stoch_size + c.deter_size, c.deter_size
-  encoder, size, channels = 0, 64, 3
-  for mult in (1, 2, 4, 8):  # kernel 4, stride 2, VALID: 64 -> 31 -> 14 -> 6 -> 2.
-    size = (size - 4) // 2 + 1
-    encoder += conv_flops(size, 4, channels, mult * d)
-    channels = mult * d
-  decoder, size, channels = 0, 1, 32 * d
-  for c_out, kernel in ((4 * d, 5), (2 * d, 5), (d, 6), (3, 6)):  # 1 -> 5 -> 13 -> 30 -> 64.
-    decoder += deconv_flops(size, kernel, channels, c_out)
-    size, channels = (size - 1) * 2 + kernel, c_out
-  img_step = (dense_flops(c.stoch_size + actions, hidden) + dense_flops(hidden, 3 * c.deter_size)
-              + dense_flops(c.deter_size, 3 * c.deter_size)  # GRU: input and recurrent kernels.
-              + dense_flops(c.deter_size, hidden) + dense_flops(hidden, 2 * c.stoch_size))
-  obs_step = img_step + dense_flops(c.deter_size + 32 * d, hidden) + dense_flops(hidden, 2 * c.stoch_size)
-  reward = mlp_flops(feat, c.num_units, 2, 1)
-  pcont = mlp_flops(feat, c.num_units, 3, 1) if c.pcont else 0
-  value = mlp_flops(feat, c.num_units, 3, 1) if c.behavior == 'dreamer' else 0
-  actor = mlp_flops(feat, c.num_units, 4, 2 * actions)
-  frames = c.batch_size * c.batch_length
-  rows = c.batch_size * (c.batch_length - bool(c.pcont)) * c.horizon
-  flops = dict(
-      conv=3 * frames * (encoder + decoder),
-      model_dense=3 * frames * (obs_step + dense_flops(feat, 32 * d) + reward + pcont),
-      action_entropy=frames * actor,
-      imagination=3 * rows * (img_step + actor + reward + pcont + value),
-      value_loss=3 * rows * (c.horizon - 1) // c.horizon * value)
-  flops['total'] = sum(flops.values())
-  return flops
-
-
-# FLOPs from the traced graph.
-
-def profiler_flops(graph):
-  from tensorflow.compat.v1 import profiler
-  options = profiler.ProfileOptionBuilder.float_operation()
-  options['output'] = 'none'
-  return profiler.profile(graph, options=options).total_float_ops
-
-
-CALLS = {'While': ('body',), 'StatelessWhile': ('body',), 'If': ('then_branch', 'else_branch'),
-         'StatelessIf': ('then_branch', 'else_branch'), 'PartitionedCall': ('f',),
-         'StatefulPartitionedCall': ('f',)}
-
-
-def conv_op_flops(op):
-  """A convolution or either of its gradients: 2 x (elements of the forward conv's
-  output) x k*k*C_in, exact for any padding and stride."""
-  kernel = (op.outputs[0] if op.type == 'Conv2DBackpropFilter' else op.inputs[1]).shape
-  forward_output = (op.outputs[0] if op.type == 'Conv2D' else op.inputs[2]).shape
-  if not (kernel.is_fully_defined() and forward_output.is_fully_defined()):
-    raise ValueError(op.name)
-  return 2 * forward_output.num_elements() * kernel.num_elements() // kernel[-1]
-
-
-def graph_walk(graph, notes):
-  """Registered FLOPs and the number of op runs of the live ops of `graph` and of the
-  functions it calls (loop bodies x trip count): dict(flops=, ops=)."""
-  from tensorflow.python.framework import ops, tensor_util
-
-  def body_of(graph, op, attr):
-    return graph._get_function(op.get_attr(attr).name).graph
-
-  def static(graph, known, tensor):  # Constant value through identities and calls.
-    if tensor.ref() in known:
-      return known[tensor.ref()]
-    if tensor.op.type == 'Identity':
-      return static(graph, known, tensor.op.inputs[0])
-    if tensor.op.type in ('PartitionedCall', 'StatefulPartitionedCall'):
-      body = body_of(graph, tensor.op, 'f')
-      return static(body, bind(graph, known, body, tensor.op.inputs), body.outputs[tensor.value_index])
-    return tensor_util.constant_value(tensor)
-
-  def bind(graph, known, body, args):
-    values = {arg.ref(): static(graph, known, value) for arg, value in zip(body.inputs, args)}
-    return {key: value for key, value in values.items() if value is not None}
-
-  def live(graph):
-    todo = [t.op for t in graph.outputs] + list(graph.control_outputs)
-    todo += [op for op in graph.get_operations() if op.op_def.is_stateful]
-    seen = set()
-    while todo:
-      op = todo.pop()
-      if op not in seen:
-        seen.add(op)
-        todo += [t.op for t in op.inputs] + list(op.control_inputs)
-    return seen
-
-  def count(graph, known):
-    total, runs, alive = 0, 0, live(graph)
-    for op in graph.get_operations():
-      if op not in alive:
-        continue
-      runs += 1
-      if op.type in CALLS:
-        loop = op.type.endswith('While')
-        trips = static(graph, known, op.inputs[1]) if loop else 1  # maximum_iterations.
-        if trips is None or trips < 0:
-          notes.append(f'{op.name}: unknown trip count, body counted once')
-          trips = 1
-        args = op.inputs[1:] if op.type.endswith('If') else op.inputs
-        bodies = [count(body, {} if loop else bind(graph, known, body, args))
-                  for body in [body_of(graph, op, attr) for attr in CALLS[op.type]]]
-        total += int(trips) * max(flops for flops, _ in bodies)
-        runs += int(trips) * max(body_runs for _, body_runs in bodies)
-        continue
-      try:
-        if op.type in ('Conv2D', 'Conv2DBackpropInput', 'Conv2DBackpropFilter'):
-          total += conv_op_flops(op)
-        else:
-          total += int(ops.get_stats_for_node_def(graph, op.node_def, 'flops').value or 0)
-      except ValueError:
-        notes.append(f'{op.name} ({op.type}): shape not fully known, not counted')
-    return total, runs
-
-  flops, runs = count(graph, {})
-  return dict(flops=flops, ops=runs)
 
 
 # The child: one config's train step, policy step and FLOPs in a fresh process.
@@ -320,7 +173,7 @@ def breakdown(agent, batch, rounds):
       times[name] += timed(fn, 1)
   t = {name: float(np.median(values)) for name, values in times.items()}
   notes = []
-  ops = {name: graph_walk(fn.get_concrete_function().graph, notes)['ops'] for name, fn in parts.items()}
+  ops = {name: flop_count.graph_walk(fn.get_concrete_function().graph, notes)['ops'] for name, fn in parts.items()}
   seconds = dict(
       world_model_forward=t['world_model_forward'],
       world_model_backward=t['world_model_forward_backward'] - t['world_model_forward'],
@@ -341,7 +194,7 @@ def input_pipeline(config, batches, episodes=3):
     for _ in range(episodes):
       tools.save_episode(folder, dict(
           image=rng.integers(0, 256, (rows, 64, 64, 3), np.uint8), discount=np.ones(rows, np.float32),
-          action=rng.uniform(-1, 1, (rows, ACTIONS)).astype(np.float32), reward=rng.normal(size=rows).astype(np.float32)))
+          action=rng.uniform(-1, 1, (rows, flop_count.ACTIONS)).astype(np.float32), reward=rng.normal(size=rows).astype(np.float32)))
     dataset = iter(tools.make_dataset(tools.Episodes(folder), config.batch_size, config.batch_length))
     timed(lambda: next(dataset), 5)
     return sum(timed(lambda: next(dataset), batches)) / batches
@@ -352,11 +205,11 @@ def child(name, precision, parts, steps, policy_calls):
   import dreamer
   config = make_config(name, precision)
   dreamer.setup_devices(config)  # The mixed-precision policy.
-  agent = dreamer.Dreamer(config, ACTIONS)
+  agent = dreamer.Dreamer(config, flop_count.ACTIONS)
   shape = [config.batch_size, config.batch_length]
   batch = dict(
       image=tf.cast(tf.random.uniform(shape + [64, 64, 3], 0, 256, tf.int32), tf.uint8),
-      action=tf.random.uniform(shape + [ACTIONS], -1, 1), reward=tf.random.normal(shape),
+      action=tf.random.uniform(shape + [flop_count.ACTIONS], -1, 1), reward=tf.random.normal(shape),
       discount=tf.ones(shape))
   sizes = 'batch_size batch_length horizon deter_size stoch_size num_units cnn_depth'.split()
   out = dict(config=name, precision=precision, sizes={key: getattr(config, key) for key in sizes},
@@ -390,8 +243,8 @@ def child(name, precision, parts, steps, policy_calls):
   if 'flops' in parts:
     graph = agent.train.get_concrete_function(batch).graph
     notes = []
-    walk = graph_walk(graph, notes)
-    out['flops'] = dict(analytic=analytic_flops(config), profiler_outer_graph=profiler_flops(graph),
+    walk = flop_count.graph_walk(graph, notes)
+    out['flops'] = dict(analytic=flop_count.analytic_flops(config), profiler_outer_graph=flop_count.profiler_flops(graph),
                         graph_walk=walk['flops'], graph_walk_notes=notes[:20])
     out['ops_per_step'] = walk['ops']
   print('RESULT', json.dumps(out))

@@ -1,4 +1,5 @@
-"""scripts/benchmark.py: a tiny run of its debug-config parts, and its FLOP formula."""
+"""scripts/benchmark.py: a tiny run of its debug-config parts; scripts/flop_count.py:
+its FLOP formula and graph walk."""
 
 import importlib.util
 import json
@@ -15,6 +16,8 @@ SCRIPT = ROOT / 'scripts' / 'benchmark.py'
 spec = importlib.util.spec_from_file_location('benchmark', SCRIPT)
 benchmark = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(benchmark)
+sys.path.insert(0, str(ROOT / 'scripts'))
+import flop_count  # noqa: E402 (needs the path above)
 
 
 def test_debug_config_run_writes_positive_numbers(tmp_path):
@@ -108,7 +111,7 @@ def test_graph_walk_counts_loop_bodies_times_their_trips():
 
   def walk(trips):
     fn = tf.function(lambda: tf.scan(lambda x, _: tf.matmul(x, a), tf.range(trips), a))
-    return benchmark.graph_walk(fn.get_concrete_function().graph, [])
+    return flop_count.graph_walk(fn.get_concrete_function().graph, [])
 
   # Per trip: 2 * 4^3 FLOPs of the 4x4 matmul and 1 of each of the loop's two scalar
   # counter increments; nothing outside the loop has registered FLOPs.
@@ -120,17 +123,17 @@ def test_graph_walk_counts_loop_bodies_times_their_trips():
 
 def test_analytic_flop_formula():
   # 8x8x2 -> 4x4 kernel, stride 2, VALID -> 3x3x3: 9 pixels x 3 channels x (4*4*2) MACs.
-  assert benchmark.conv_flops(3, 4, 2, 3) == 2 * 9 * 3 * 32 == 1728
+  assert flop_count.conv_flops(3, 4, 2, 3) == 2 * 9 * 3 * 32 == 1728
   # The transposed conv back, 3x3x3 -> 8x8x2: 9 pixels x 3 channels scatter 4*4*2 each.
-  assert benchmark.deconv_flops(3, 4, 3, 2) == 1728
+  assert flop_count.deconv_flops(3, 4, 3, 2) == 1728
   # The encoder's first layer: 64x64x3 -> 31x31x32.
-  assert benchmark.conv_flops(31, 4, 3, 32) == 2 * 961 * 16 * 3 * 32 == 2_952_192
-  assert benchmark.dense_flops(5, 7) == 70
-  assert benchmark.mlp_flops(4, 8, 2, 1) == 2 * (4 * 8 + 8 * 8 + 8 * 1)
+  assert flop_count.conv_flops(31, 4, 3, 32) == 2 * 961 * 16 * 3 * 32 == 2_952_192
+  assert flop_count.dense_flops(5, 7) == 70
+  assert flop_count.mlp_flops(4, 8, 2, 1) == 2 * (4 * 8 + 8 * 8 + 8 * 1)
   paper = types.SimpleNamespace(
       cnn_depth=32, stoch_size=30, deter_size=200, num_units=400, batch_size=50,
       batch_length=50, horizon=15, pcont=False, behavior='dreamer')
-  flops = benchmark.analytic_flops(paper, actions=6)
+  flops = flop_count.analytic_flops(paper, actions=6)
   # The issue's estimate: ~0.6 TFLOP of convs, ~0.35 of imagination, ~0.95 in all.
   assert abs(flops['conv'] / 0.6e12 - 1) < 0.05
   assert abs(flops['imagination'] / 0.35e12 - 1) < 0.05
