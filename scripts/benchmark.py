@@ -26,8 +26,10 @@ breakdown  In the same child: the parts of one train step as separate tf.functio
         estimate (100 actor samples per start state), imagination forward, the behaviour
         losses forward, their backward through imagination, and the rest of the step
         (optimisers, clipping, finiteness checks, metrics), plus the op runs per call of
-        each (graph walk below) and the input pipeline's time per batch (tools.make_dataset
-        over random episodes; dreamer.py prefetches it alongside training).
+        each (graph walk below), the input pipeline's time per batch (tools.make_dataset
+        over random episodes; dreamer.py prefetches it alongside training), and each
+        convolution of the encoder and decoder alone, forward+backward, with its GFLOP/s
+        (conv_layers).
 policy  In the same child: dreamer.Policy(agent, True, expl_amount) on a batch of 1 (one
         tf.function call plus the action's conversion to numpy), median of many calls.
 flops   In the same child, FLOPs of one train step counted three ways:
@@ -184,6 +186,46 @@ def breakdown(agent, batch, rounds):
   return dict(seconds=seconds, step_s=t['train_step'], rounds=rounds, measured_s=t, ops=ops)
 
 
+def conv_layers(agent, frames, rounds):
+  """Each convolution of the encoder and decoder alone on `frames` random inputs of its
+  shape: median seconds of forward plus backward (weights and, except for the
+  encoder's first layer, whose input is the image, the input) and the GFLOP/s that
+  makes (flop_count's formulas; the step itself runs the encoder's first two convs
+  forward twice, tf.recompute_grad). The layers exist once the agent has run."""
+  import tensorflow as tf
+  encoder, decoder = agent.encoder.named_layers(), agent.decoder.named_layers()
+  layers = [(f'encoder {name}', encoder[name]) for name in ('h0', 'h1', 'h2', 'h3')]
+  layers += [(f'decoder {name}', decoder[name]) for name in ('h2', 'h3', 'h4', 'h5')]
+  out, size, channels = {}, 64, 3
+  for index, (name, layer) in enumerate(layers):
+    if name == 'decoder h2':
+      size, channels = 1, layer.kernel.shape[-1]
+    kernel = layer.kernel.shape[0]
+    x = tf.Variable(tf.random.normal([frames, size, size, channels]))
+    watched = layer.trainable_variables + ([x] if index else [])
+
+    def forward_backward(layer=layer, x=x, watched=watched):
+      with tf.GradientTape() as tape:
+        y = tf.cast(layer(x), tf.float32)
+        loss = tf.reduce_sum(y * y)
+      return tape.gradient(loss, watched)
+    fn = tf.function(forward_backward)
+    run = lambda fn=fn: [g.numpy() for g in fn()]
+    run()
+    seconds = float(np.median(timed(run, rounds)))
+    if name.startswith('encoder'):
+      out_size, c_out = (size - kernel) // 2 + 1, layer.filters
+      forward = flop_count.conv_flops(out_size, kernel, channels, c_out) * frames
+    else:
+      out_size, c_out = (size - 1) * 2 + kernel, layer.filters
+      forward = flop_count.deconv_flops(size, kernel, channels, c_out) * frames
+    passes = 3 if index else 2
+    out[name] = dict(shape=f'{size}x{size}x{channels} -> {out_size}x{out_size}x{c_out}', kernel=kernel, seconds=seconds,
+                     gflops=passes * forward / seconds / 1e9)
+    size, channels = out_size, c_out
+  return out
+
+
 def input_pipeline(config, batches, episodes=3):
   """Seconds per batch of tools.make_dataset over random episodes of the config's
   length (generator, batching; prefetch overlaps it with training in dreamer.py)."""
@@ -230,6 +272,7 @@ def child(name, precision, parts, steps, policy_calls):
   if 'breakdown' in parts:
     out['breakdown'] = breakdown(agent, batch, steps)
     out['breakdown']['input_pipeline_s'] = input_pipeline(config, steps)
+    out['breakdown']['conv_layers'] = conv_layers(agent, config.batch_size * config.batch_length, steps)
   if 'policy' in parts:
     policy = dreamer.Policy(agent, True, config.expl_amount)
     obs = {'image': np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), np.uint8)}
@@ -292,6 +335,8 @@ def fraction_of_peak(flops, seconds, peak_gflops):
 
 def add_fractions(run, peaks):
   """Every train-step time of a child's `run` as a fraction of its precision's matmul peak."""
+  if 'error' in run:  # The child failed: nothing to divide.
+    return
   peak = peaks.get(run['precision'], {}).get('gflops')
   if not (peak and 'train' in run and 'flops' in run):
     return
@@ -497,6 +542,10 @@ def print_table(result):
         row(name, f'... {part.replace("_", " ")}', f'{seconds * 1e3:.1f} ms ({seconds / b["step_s"]:.0%})')
       row(name, '... input pipeline per batch (prefetched)', f'{b["input_pipeline_s"] * 1e3:.1f} ms')
       row(name, 'op runs per call of each part', ', '.join(f'{part} {ops}' for part, ops in b['ops'].items()))
+      peak = result.get('matmul', {}).get(r['precision'], {}).get('gflops')
+      for layer, c in b.get('conv_layers', {}).items():
+        share = f', {c["gflops"] / peak:.0%} of peak' if peak else ''
+        row(name, f'... {layer} {c["shape"]}, k{c["kernel"]}, forward+backward', f'{c["seconds"] * 1e3:.1f} ms, {c["gflops"]:.1f} GFLOP/s{share}')
   e = result.get('env', {})
   if 'error' in e:
     row('env', 'FAILED', e['error'].splitlines()[0])

@@ -53,6 +53,19 @@ def test_debug_config_run_writes_positive_numbers(tmp_path):
   assert ops['world_model_forward_backward'] > ops['world_model_forward'] > 0
   assert ops['behaviour_forward_backward'] > ops['imagination_forward'] + ops['behaviour_losses_forward']
   assert ops['train_step'] > ops['world_model_forward_backward'] + ops['behaviour_forward_backward']
+  # Every convolution, with the shapes SPEC 3's layers give at cnn_depth 4.
+  layers = parts['conv_layers']
+  assert {name: layer['shape'] for name, layer in layers.items()} == {
+      'encoder h0': '64x64x3 -> 31x31x4', 'encoder h1': '31x31x4 -> 14x14x8',
+      'encoder h2': '14x14x8 -> 6x6x16', 'encoder h3': '6x6x16 -> 2x2x32',
+      'decoder h2': '1x1x128 -> 5x5x16', 'decoder h3': '5x5x16 -> 13x13x8',
+      'decoder h4': '13x13x8 -> 30x30x4', 'decoder h5': '30x30x4 -> 64x64x3'}
+  assert [layer['kernel'] for layer in layers.values()] == [4, 4, 4, 4, 5, 5, 6, 6]
+  assert all(layer['seconds'] > 0 and layer['gflops'] > 0 for layer in layers.values())
+  # Forward plus both backward products of the last layer, 40 frames (batch 4 x 10):
+  # every input pixel and channel adds a 6 x 6 x 3 patch.
+  last = layers['decoder h5']
+  assert last['gflops'] * last['seconds'] == pytest.approx(3 * 40 * 2 * 30 * 30 * 4 * 36 * 3 / 1e9)
 
 
 CPUINFO = """processor\t: 0
@@ -103,6 +116,10 @@ def test_fractions_use_the_peak_of_the_runs_precision():
   lone = dict(precision='16', train=dict(median_s=0.5, min_s=0.4), flops=dict(analytic=dict(total=1e9)))
   benchmark.add_fractions(lone, peaks)
   assert 'fraction_of_peak' not in lone
+  # A failed child's entry is only its error, and stays so.
+  failed = dict(error='RuntimeError: the child failed')
+  benchmark.add_fractions(failed, peaks)
+  assert failed == dict(error='RuntimeError: the child failed')
 
 
 def test_graph_walk_counts_loop_bodies_times_their_trips():
