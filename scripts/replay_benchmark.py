@@ -9,7 +9,7 @@ after   this commit's tools.Episodes holding --frames frames. --pool distinct sy
         episodes are compressed (StoredEpisode, the work update() does per file after
         reading it), then replicated with fresh copies of their compressed chunks up to
         --frames: every frame is held in its own buffer, as in a real run, but only the
-        pool is compressed (compressing 30 GB takes about 10 core-minutes at zstd level 9,
+        pool is compressed (compressing 30 GB takes 10-20 core-minutes at zstd level 9,
         measured per episode as compress_s_per_episode).
 before  tools.py of commit --before, the uncompressed store, holding --before_frames
         frames (2.5 million would need 31 GB), its per-frame RSS then scaled up.
