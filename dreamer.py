@@ -541,6 +541,10 @@ def main(config):
     if restored:
       print(f'Resumed from {restored} at step {step}.', flush=True)
 
+    def save(step):
+      done_period['step'].assign(step)
+      checkpoints.save()
+
     def due(name, every, start=0):
       period = (step - start) // every
       if period > done_period[name]:
@@ -565,6 +569,9 @@ def main(config):
       if first:
         print(f'Pretrain: {updates} updates; the first one also builds the graph.', flush=True)
       trainer.train(updates, logger, log, openloop_video)
+      # Saved before evaluating and collecting, so that a kill in either loses no
+      # update: the resumed run trains again only on the data collected since.
+      save(step)
       # As in the authors' code, evaluate after this step's training, at prefill +
       # k * eval_every env steps: the published curves' grid.
       test_due = due('eval', config.eval_every, config.prefill)
@@ -585,8 +592,7 @@ def main(config):
           Policy(agent, True, amount), train_envs, steps=agent_steps(config, collect),
           state=env_state, callbacks=train_callbacks)
       step = tools.count_steps(train_dir, config.action_repeat)
-      done_period['step'].assign(step)
-      checkpoints.save()
+    save(step)
     logger.step = step
     logger.write(int(agent.updates.numpy()))
   finally:

@@ -175,9 +175,11 @@ def test_two_workers_on_localhost_train_in_lockstep_and_keep_their_own_checkpoin
   # ... yet the replicas' all-reduced losses and the weights after every phase agree.
   losses = [[row['train/model_loss'] for row in metrics(logdir) if 'train/model_loss' in row] for logdir in logdirs]
   assert len(losses[0]) == 2 and losses[0] == losses[1]
-  for logdir in logdirs:  # One checkpoint per phase, each worker in its own folder.
-    assert sorted(f.name for f in (logdir / 'checkpoints').iterdir()) == ['ckpt-1', 'ckpt-2']
-  for name in ('ckpt-1', 'ckpt-2'):
+  # One checkpoint after each of the 2 training phases and one at the end, each worker
+  # in its own folder.
+  for logdir in logdirs:
+    assert sorted(f.name for f in (logdir / 'checkpoints').iterdir()) == ['ckpt-1', 'ckpt-2', 'ckpt-3']
+  for name in ('ckpt-1', 'ckpt-2', 'ckpt-3'):
     readers = [tf.train.load_checkpoint(str(logdir / 'checkpoints' / name / 'ckpt')) for logdir in logdirs]
     variables = sorted(readers[0].get_variable_to_shape_map())
     assert variables == sorted(readers[1].get_variable_to_shape_map()) and len(variables) > 100

@@ -40,8 +40,8 @@ def test_debug_run_writes_everything_and_resumes(tmp_path):
   assert any('train/model_loss' in row for row in rows)
   assert all(np.isfinite(v) for row in rows for v in row.values())
   assert list(logdir.glob('events.out.tfevents.*'))
-  # One per collection phase.
-  assert sorted(f.name for f in (logdir / 'checkpoints').iterdir()) == ['ckpt-1', 'ckpt-2']
+  # One after each of the 2 training phases (at 200 and 400 env steps), one at the end.
+  assert sorted(f.name for f in (logdir / 'checkpoints').iterdir()) == ['ckpt-1', 'ckpt-2', 'ckpt-3']
   assert list((logdir / 'videos').glob('test_policy_*.gif'))
   assert list((logdir / 'videos').glob('train_openloop_*.gif'))
   config = json.loads((logdir / 'config.json').read_text())
