@@ -193,36 +193,40 @@ def conv_layers(agent, frames, rounds):
   makes (flop_count's formulas; the step itself runs the encoder's first two convs
   forward twice, tf.recompute_grad). The layers exist once the agent has run."""
   import tensorflow as tf
+  import tf_keras as keras
   encoder, decoder = agent.encoder.named_layers(), agent.decoder.named_layers()
-  layers = [(f'encoder {name}', encoder[name]) for name in ('h0', 'h1', 'h2', 'h3')]
-  layers += [(f'decoder {name}', decoder[name]) for name in ('h2', 'h3', 'h4', 'h5')]
-  out, size, channels = {}, 64, 3
-  for index, (name, layer) in enumerate(layers):
-    if name == 'decoder h2':
-      size, channels = 1, layer.kernel.shape[-1]
-    kernel = layer.kernel.shape[0]
-    x = tf.Variable(tf.random.normal([frames, size, size, channels]))
-    watched = layer.trainable_variables + ([x] if index else [])
+  # The encoder starts from the image, the decoder from its dense layer's 1x1 output;
+  # each layer's output shape is the next one's input.
+  chains = (('encoder', encoder, ('h0', 'h1', 'h2', 'h3'), [frames, 64, 64, 3]),
+            ('decoder', decoder, ('h2', 'h3', 'h4', 'h5'), [frames, 1, 1, decoder['h2'].kernel.shape[-1]]))
+  out = {}
+  for part, layers, names, shape in chains:
+    for name in names:
+      layer = layers[name]
+      out_shape = layer.compute_output_shape(shape).as_list()
+      x = tf.Variable(tf.random.normal(shape))
+      image_input = (part, name) == ('encoder', 'h0')
+      watched = layer.trainable_variables + ([] if image_input else [x])
 
-    def forward_backward(layer=layer, x=x, watched=watched):
-      with tf.GradientTape() as tape:
-        y = tf.cast(layer(x), tf.float32)
-        loss = tf.reduce_sum(y * y)
-      return tape.gradient(loss, watched)
-    fn = tf.function(forward_backward)
-    run = lambda fn=fn: [g.numpy() for g in fn()]
-    run()
-    seconds = float(np.median(timed(run, rounds)))
-    if name.startswith('encoder'):
-      out_size, c_out = (size - kernel) // 2 + 1, layer.filters
-      forward = flop_count.conv_flops(out_size, kernel, channels, c_out) * frames
-    else:
-      out_size, c_out = (size - 1) * 2 + kernel, layer.filters
-      forward = flop_count.deconv_flops(size, kernel, channels, c_out) * frames
-    passes = 3 if index else 2
-    out[name] = dict(shape=f'{size}x{size}x{channels} -> {out_size}x{out_size}x{c_out}', kernel=kernel, seconds=seconds,
-                     gflops=passes * forward / seconds / 1e9)
-    size, channels = out_size, c_out
+      def forward_backward(layer=layer, x=x, watched=watched):
+        with tf.GradientTape() as tape:
+          y = tf.cast(layer(x), tf.float32)
+          loss = tf.reduce_sum(y * y)
+        return tape.gradient(loss, watched)
+      fn = tf.function(forward_backward)
+      run = lambda fn=fn: [g.numpy() for g in fn()]
+      run()
+      seconds = float(np.median(timed(run, rounds)))
+      kernel, c_in, c_out = layer.kernel.shape[0], shape[-1], out_shape[-1]
+      if isinstance(layer, keras.layers.Conv2DTranspose):
+        forward = flop_count.deconv_flops(shape[1], kernel, c_in, c_out) * frames
+      else:
+        forward = flop_count.conv_flops(out_shape[1], kernel, c_in, c_out) * frames
+      passes = 2 if image_input else 3
+      out[f'{part} {name}'] = dict(
+          shape=f'{shape[1]}x{shape[2]}x{c_in} -> {out_shape[1]}x{out_shape[2]}x{c_out}', kernel=kernel,
+          seconds=seconds, gflops=passes * forward / seconds / 1e9)
+      shape = out_shape
   return out
 
 
