@@ -105,9 +105,12 @@ class Dreamer(tf.Module):
     self.updates = tf.Variable(0, dtype=tf.int64, trainable=False)
     self._action_size = action_size
     self._build()
-    self.train = tf.function(self._train)
-    self.policy_step = tf.function(self._policy)
-    self.openloop = tf.function(self._openloop) if self.decoder else None
+    # Control flow on tensors is written as tf.cond and tf.scan, so AutoGraph's source
+    # conversion (half of the tracing time) is not needed.
+    compile = functools.partial(tf.function, autograph=False)
+    self.train = compile(self._train)
+    self.policy_step = compile(self._policy)
+    self.openloop = compile(self._openloop) if self.decoder else None
 
   def _build(self):
     """Create every variable eagerly on a tiny batch, so that each compiled
@@ -138,9 +141,11 @@ class Dreamer(tf.Module):
     grads, metrics = self._strategy.run(self._gradients, (data, noise))
     metrics = {k: self._strategy.reduce('mean', v, axis=None) for k, v in metrics.items()}
     for opt, variables in self._optimizers():
-      # The loss-scale optimiser (float16) skips non-finite steps itself and lowers its scale.
-      if opt.loss_scaling or metrics[f'{opt.name}_skipped'] == 0:
-        self._strategy.run(opt.apply, (grads[opt.name], variables))
+      apply = functools.partial(self._strategy.run, opt.apply, (grads[opt.name], variables))
+      if opt.loss_scaling:  # The loss-scale optimiser (float16) skips non-finite steps itself.
+        apply()
+      else:
+        tf.cond(metrics[f'{opt.name}_skipped'] == 0, apply, lambda: None)
     self.updates.assign_add(1)
     metrics.update({f'{opt.name}_loss_scale': opt.loss_scale() for opt, _ in self._optimizers() if opt.loss_scaling})
     return metrics
