@@ -17,9 +17,12 @@ train   Per config (paper = the dreamer.py defaults; debug and cpu presets) a ch
         random batch of the right shapes and dtypes as tf tensors and times
         agent.train(batch), forced to finish by reading one metric as a float: the first
         call (trace_s: its tracing, timed alone as get_concrete_function; first_call_s:
-        tracing plus the first run, in which TF optimises the graph), 2 untimed calls,
-        then --steps timed calls. peak_rss_mb is
-        the child's ru_maxrss right after them: the training peak, isolated from the rest.
+        tracing plus the first run, in which TF optimises the graph and the step's memory
+        is first written: first_call_faulted_mib, the page faults of that run), 2 untimed
+        calls, then --steps timed calls. peak_rss_mb is the child's ru_maxrss right after
+        them: the training peak, isolated from the rest. Before the children, first_touch
+        times writing 256 MiB of fresh memory and the same again right after freeing it:
+        on this project's Intel VM the first ran at about 100 MB/s, the second at 2 GB/s.
         allocator_peak_mb is TF's allocator peak (get_memory_info) over the child's life:
         the tensors alone, without libraries, graphs and the allocator's free pool.
 breakdown  In the same child: the parts of one train step as separate tf.functions on
@@ -268,9 +271,11 @@ def child(name, precision, parts, steps, policy_calls):
       metrics.update(agent.train(batch))
       float(metrics['model_loss'])
     trace = timed(lambda: agent.train.get_concrete_function(batch), 1)[0]
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     first = trace + timed(step, 1)[0]
+    faulted = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) * resource.getpagesize() / 2 ** 20
     timed(step, 2)
-    out['train'] = dict(first_call_s=first, trace_s=trace, **stats(timed(step, steps)))
+    out['train'] = dict(first_call_s=first, trace_s=trace, first_call_faulted_mib=faulted, **stats(timed(step, steps)))
     out['peak_rss_mb'] = peak_rss_mb()
     device = 'GPU:0' if tf.config.list_physical_devices('GPU') else 'CPU:0'
     out['allocator_peak_mb'] = tf.config.experimental.get_memory_info(device)['peak'] / 2 ** 20
@@ -450,6 +455,19 @@ def policy_split(env, steps, rounds=2):
   return out
 
 
+def first_touch(mib=256):
+  """Seconds to write `mib` MiB of newly allocated memory, then the same again right
+  after freeing it. On some VMs the host backs guest memory lazily and takes freed
+  memory back within seconds, so the first write of fresh memory (every page
+  faulted in) can run at a tiny fraction of the rate of the second."""
+  times = []
+  for _ in range(2):
+    start = time.perf_counter()
+    np.ones(mib * 2 ** 20 // 8)
+    times.append(time.perf_counter() - start)
+  return dict(mib=mib, fresh_s=times[0], reused_s=times[1])
+
+
 def wake_penalty(calls=50, pause=0.016):
   """Median time of a trivial tf.function call and of a NumPy sum of 1000 floats, back to
   back and right after `pause` seconds asleep (about one render): on some machines code
@@ -518,12 +536,18 @@ def print_table(result):
       row('matmul', f'{precision} tf.matmul', 'FAILED ' + (m if precision == 'error' else m['error']))
     else:
       row('matmul', f'{m["size"]}^2 {m["dtype"]} tf.matmul, median of {m["reps"]}', f'{m["gflops"]:.1f} GFLOP/s')
+  touch = result.get('first_touch', {})
+  if 'error' in touch:
+    row('memory', 'first touch', 'FAILED ' + touch['error'].splitlines()[0])
+  elif touch:
+    row('memory', f'write {touch["mib"]} MiB fresh; freed and written again', f'{touch["fresh_s"]:.2f} s; {touch["reused_s"]:.2f} s')
   for name, r in result['configs'].items():
     if 'error' in r:
       row(name, 'FAILED', r['error'].splitlines()[0])
     if 'train' in r:
       t = r['train']
-      row(name, 'train step, first call (of which tracing)', f'{t["first_call_s"]:.2f} s ({t["trace_s"]:.2f} s)')
+      row(name, 'train step, first call (of it tracing; memory faulted in)',
+          f'{t["first_call_s"]:.2f} s ({t["trace_s"]:.2f} s; {t["first_call_faulted_mib"]:.0f} MiB)')
       row(name, f'train step, median (min-max of {t["count"]})', f'{t["median_s"]:.3f} s ({t["min_s"]:.3f}-{t["max_s"]:.3f})')
       row(name, 'peak RSS after train steps (before); tensors', f'{r["peak_rss_mb"]:.0f} MB ({r["rss_before_train_mb"]:.0f} MB); {r["allocator_peak_mb"]:.0f} MB')
     if 'policy' in r:
@@ -617,6 +641,8 @@ def main():
   result = dict(meta=metadata(), configs={})
   if 'matmul' in args.parts:
     result['matmul'] = attempt(matmul_peaks, args.matmul_size, 3 if args.quick else 10)
+  if 'train' in args.parts:
+    result['first_touch'] = attempt(first_touch)
   if set(args.parts) & set(CHILD_PARTS):
     for name in args.train_configs.split(','):
       for precision in args.precision:

@@ -34,7 +34,8 @@ def test_debug_config_run_writes_positive_numbers(tmp_path):
   debug = data['configs']['debug/32']
   assert debug['precision'] == '32' and debug['finite'] and all(debug['finite'].values())
   numbers = [
-      debug['train']['first_call_s'], debug['train']['trace_s'], debug['train']['median_s'], debug['train']['min_s'],
+      debug['train']['first_call_s'], debug['train']['trace_s'], debug['train']['first_call_faulted_mib'],
+      data['first_touch']['fresh_s'], data['first_touch']['reused_s'], debug['train']['median_s'], debug['train']['min_s'],
       debug['train']['max_s'], debug['peak_rss_mb'], debug['allocator_peak_mb'], debug['policy']['median_s'],
       debug['flops']['analytic']['total'], debug['flops']['graph_walk'],
       debug['flops']['profiler_outer_graph'], data['matmul']['32']['gflops'], data['matmul']['bf16']['gflops'],
