@@ -209,7 +209,7 @@ def conv_layers(agent, frames, rounds):
     for name in names:
       layer = layers[name]
       out_shape = layer.compute_output_shape(shape).as_list()
-      x = tf.Variable(tf.random.normal(shape))
+      x = tf.Variable(tf.random.normal(shape, dtype=layer.compute_dtype))
       image_input = (part, name) == ('encoder', 'h0')
       watched = layer.trainable_variables + ([] if image_input else [x])
 

@@ -69,6 +69,18 @@ def test_debug_config_run_writes_positive_numbers(tmp_path):
   assert last['gflops'] * last['seconds'] == pytest.approx(3 * 40 * 2 * 30 * 30 * 4 * 36 * 3 / 1e9)
 
 
+def test_conv_layers_run_in_the_precision_of_the_agent():
+  import tf_keras as keras
+  import dreamer
+  config = benchmark.make_config('debug', 'bf16')
+  keras.mixed_precision.set_global_policy('mixed_bfloat16')
+  try:
+    layers = benchmark.conv_layers(dreamer.Dreamer(config, flop_count.ACTIONS), frames=2, rounds=1)
+  finally:
+    keras.mixed_precision.set_global_policy('float32')
+  assert len(layers) == 8 and all(layer['gflops'] > 0 for layer in layers.values())
+
+
 CPUINFO = """processor\t: 0
 vendor_id\t: GenuineIntel
 model name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz
