@@ -278,7 +278,10 @@ def child(name, precision, parts, steps, policy_calls):
     out['train'] = dict(first_call_s=first, trace_s=trace, first_call_faulted_mib=faulted, **stats(timed(step, steps)))
     out['peak_rss_mb'] = peak_rss_mb()
     device = 'GPU:0' if tf.config.list_physical_devices('GPU') else 'CPU:0'
-    out['allocator_peak_mb'] = tf.config.experimental.get_memory_info(device)['peak'] / 2 ** 20
+    try:
+      out['allocator_peak_mb'] = tf.config.experimental.get_memory_info(device)['peak'] / 2 ** 20
+    except ValueError:  # The CPU allocator keeps no statistics without oneDNN (TF_ENABLE_ONEDNN_OPTS=0).
+      out['allocator_peak_mb'] = None
     losses = [key for key in metrics if key.endswith(('_loss', '_grad_norm'))]
     out['finite'] = {key: bool(np.isfinite(float(metrics[key]))) for key in losses}
   if 'breakdown' in parts:
@@ -549,7 +552,8 @@ def print_table(result):
       row(name, 'train step, first call (of it tracing; memory faulted in)',
           f'{t["first_call_s"]:.2f} s ({t["trace_s"]:.2f} s; {t["first_call_faulted_mib"]:.0f} MiB)')
       row(name, f'train step, median (min-max of {t["count"]})', f'{t["median_s"]:.3f} s ({t["min_s"]:.3f}-{t["max_s"]:.3f})')
-      row(name, 'peak RSS after train steps (before); tensors', f'{r["peak_rss_mb"]:.0f} MB ({r["rss_before_train_mb"]:.0f} MB); {r["allocator_peak_mb"]:.0f} MB')
+      tensors = 'not counted' if r['allocator_peak_mb'] is None else f'{r["allocator_peak_mb"]:.0f} MB'
+      row(name, 'peak RSS after train steps (before); tensors', f'{r["peak_rss_mb"]:.0f} MB ({r["rss_before_train_mb"]:.0f} MB); {tensors}')
     if 'policy' in r:
       row(name, 'policy step, batch 1, median', f'{r["policy"]["median_s"] * 1e3:.2f} ms')
     if 'flops' in r:

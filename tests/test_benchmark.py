@@ -3,6 +3,7 @@ its FLOP formula and graph walk."""
 
 import importlib.util
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -67,6 +68,17 @@ def test_debug_config_run_writes_positive_numbers(tmp_path):
   # every input pixel and channel adds a 6 x 6 x 3 patch.
   last = layers['decoder h5']
   assert last['gflops'] * last['seconds'] == pytest.approx(3 * 40 * 2 * 30 * 30 * 4 * 36 * 3 / 1e9)
+
+
+def test_train_part_runs_without_onednn_whose_allocator_keeps_the_only_statistics(tmp_path):
+  out = tmp_path / 'benchmark.json'
+  command = [sys.executable, str(SCRIPT), '--parts', 'train', '--train-configs', 'debug', '--steps', '1', '--out', str(out)]
+  env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS='0')
+  result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  debug = json.loads(out.read_text())['configs']['debug/32']
+  assert debug['allocator_peak_mb'] is None and debug['train']['median_s'] > 0
+  assert 'tensors' in result.stdout and 'not counted' in result.stdout
 
 
 def test_conv_layers_run_in_the_precision_of_the_agent():
