@@ -105,12 +105,12 @@ class Dreamer(tf.Module):
     self.updates = tf.Variable(0, dtype=tf.int64, trainable=False)
     self._action_size = action_size
     self._build()
-    # Control flow on tensors is written as tf.cond and tf.scan, so AutoGraph's source
-    # conversion (half of the tracing time) is not needed.
-    compile = functools.partial(tf.function, autograph=False)
-    self.train = compile(self._train)
-    self.policy_step = compile(self._policy)
-    self.openloop = compile(self._openloop) if self.decoder else None
+    # Control flow on tensors is written as tf.cond, tf.scan and tf.while_loop, so
+    # AutoGraph's source conversion (over half of the tracing time) is not needed.
+    graph_function = functools.partial(tf.function, autograph=False)
+    self.train = graph_function(self._train)
+    self.policy_step = graph_function(self._policy)
+    self.openloop = graph_function(self._openloop) if self.decoder else None
 
   def _build(self):
     """Create every variable eagerly on a tiny batch, so that each compiled
