@@ -564,19 +564,28 @@ def main(config):
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     dataset = iter(strategy.experimental_distribute_dataset(dataset.with_options(options)))
     trainer = Trainer(agent, dataset, config.nonfinite_patience)
-    while step < config.steps:
+    # A phase trains on the data so far, evaluates when due, then collects. The
+    # last phase runs at the budget itself, so a budget on the evaluation grid
+    # (e.g. 1.05e5) ends with an evaluation there. A checkpoint saved at this very
+    # step means this step's training already ran before the run stopped.
+    trained_at = int(done_period['step'].numpy()) if restored else -1
+    if trained_at >= config.steps:
+      print(f'The run already reached its budget of {config.steps} env steps; nothing to do.', flush=True)
+      return
+    while True:
       logger.step = step
       log = due('log', config.log_every)
       # Videos: the first training phase and evaluation of each video_every period.
       openloop_video = config.log_images and agent.openloop is not None and due('openloop_video', config.video_every, config.prefill)
-      first = int(agent.updates.numpy()) == 0
-      updates = config.pretrain if first else config.train_steps
-      if first:
-        print(f'Pretrain: {updates} updates; the first one also builds the graph.', flush=True)
-      trainer.train(updates, logger, log, openloop_video)
-      # Saved before evaluating and collecting, so that a kill in either loses no
-      # update: the resumed run trains again only on the data collected since.
-      save(step)
+      if step != trained_at:
+        first = int(agent.updates.numpy()) == 0
+        updates = config.pretrain if first else config.train_steps
+        if first:
+          print(f'Pretrain: {updates} updates; the first one also builds the graph.', flush=True)
+        trainer.train(updates, logger, log, openloop_video)
+        # Saved before evaluating and collecting, so that a kill in either loses
+        # no update.
+        save(step)
       # As in the authors' code, evaluate after this step's training, at prefill +
       # k * eval_every env steps: the published curves' grid.
       test_due = due('eval', config.eval_every, config.prefill)
@@ -590,16 +599,16 @@ def main(config):
       amount = exploration_amount(config, step)
       if log:
         logger.scalar('train/expl_amount', amount)
-      if log or test_due or openloop_video:
+      if log or test_due or openloop_video or step >= config.steps:
         logger.write(int(agent.updates.numpy()))
+      if step >= config.steps:
+        break
       collect = min(config.train_every, config.steps - step)  # Do not overshoot the budget.
       env_state = wrappers.simulate(
           Policy(agent, True, amount), train_envs, steps=agent_steps(config, collect),
           state=env_state, callbacks=train_callbacks)
       step = tools.count_steps(train_dir, config.action_repeat)
-    save(step)
-    logger.step = step
-    logger.write(int(agent.updates.numpy()))
+    save(step)  # The schedules' counters of the last phase.
   finally:
     for env in train_envs + test_envs:
       env.close()
