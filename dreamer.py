@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 
@@ -615,27 +616,35 @@ def main(config):
 
 
 class Trainer:
-  """Runs training phases and stops the run when an optimiser has skipped
-  `patience` non-finite updates in a row (SPEC 6)."""
+  """Runs training phases, shows how far a long one is (README, Console), and stops
+  the run when an optimiser has skipped `patience` non-finite updates in a row
+  (SPEC 6)."""
 
-  def __init__(self, agent, dataset, patience):
+  def __init__(self, agent, dataset, patience, out=None, clock=time.monotonic):
     self._agent = agent
     self._dataset = dataset
     self._patience = patience
     self._streak = {}
+    self._out = out  # None: sys.stdout at the time of each phase.
+    self._clock = clock
 
   def train(self, updates, logger=None, scalars=False, video=False):
     """`updates` updates; to `logger` their metrics if `scalars`, the open-loop
     video of the first batch if `video`."""
-    for i in range(updates):
-      batch = next(self._dataset)
-      metrics = self._agent.train(batch)
-      self._check(metrics)
-      if scalars:
-        for name, value in metrics.items():
-          logger.scalar(f'train/{name}', value)
-      if i == 0 and video:
-        logger.video('train/openloop', self._agent.openloop(batch))
+    progress = PhaseProgress(updates, self._out or sys.stdout, self._clock)
+    try:
+      for i in range(updates):
+        batch = next(self._dataset)
+        metrics = self._agent.train(batch)
+        self._check(metrics)
+        if scalars:
+          for name, value in metrics.items():
+            logger.scalar(f'train/{name}', value)
+        if i == 0 and video:
+          logger.video('train/openloop', self._agent.openloop(batch))
+        progress.update(i + 1)
+    finally:
+      progress.end()
     if scalars:
       logger.scalar('train/updates', int(self._agent.updates.numpy()), mean=False)
 
@@ -650,6 +659,54 @@ class Trainer:
             f'The {name} loss or its gradient was not finite for {self._patience} updates in a row '
             f'(last {name}_loss: {float(metrics.get(f"{name}_loss", float("nan")))}); stopping. '
             'The checkpoints hold the last good weights; lower the learning rate or check the data.')
+
+
+class PhaseProgress:
+  """How far one training phase is, once it has run for `AFTER` seconds: updates
+  done, seconds per update and the phase's ETA. On a terminal one line rewritten in
+  place every `EVERY['terminal']` seconds, otherwise (a log file) a plain line every
+  `EVERY['plain']` seconds; a closing line when the phase ends. The rate leaves out
+  the phase's first update, which may build the graph. Costs one clock read per
+  update."""
+
+  AFTER = 30.0
+  EVERY = dict(terminal=1.0, plain=60.0)
+
+  def __init__(self, total, out, clock):
+    self._total, self._out, self._clock = total, out, clock
+    self._start = clock()
+    self._first = None  # When the first update ended.
+    self._shown = None  # When a line was last written; None before the first.
+    try:
+      self._terminal = out.isatty()
+    except (AttributeError, ValueError):  # No isatty, or a closed stream.
+      self._terminal = False
+
+  def update(self, done):
+    now = self._clock()
+    if done == 1:
+      self._first = now
+    last = done >= self._total
+    if now - self._start < self.AFTER:
+      return
+    every = self.EVERY['terminal' if self._terminal else 'plain']
+    if not last and self._shown is not None and now - self._shown < every:
+      return
+    rate = (now - self._first) / (done - 1) if done > 1 else now - self._start
+    line = f'Training: {done}/{self._total} updates, {rate:.2f} s/update, '
+    if last:
+      line += f'phase took {tools.duration(now - self._start)}'
+    else:
+      line += f'phase ETA {tools.duration((self._total - done) * rate)}'
+    self._out.write(f'\r{line}\x1b[K' if self._terminal else line + '\n')
+    self._out.flush()
+    self._shown = now
+
+  def end(self):
+    """Ends the terminal's line, also when the phase stopped early."""
+    if self._terminal and self._shown is not None:
+      self._out.write('\n')
+      self._out.flush()
 
 
 class RunError(RuntimeError):

@@ -1,3 +1,4 @@
+import io
 import os
 
 import numpy as np
@@ -341,6 +342,74 @@ def test_trainer_streak_resets_after_a_good_update():
   agent.updates = 0  # The next two updates are good again.
   trainer.train(4)
   assert agent.updates == 4
+
+
+class SteppingClock:
+  """A clock for the Trainer: each update advances it by the next of `durations`
+  (seconds); counts its reads."""
+
+  def __init__(self, durations):
+    self.now, self.reads, self._durations = 0.0, 0, iter(durations)
+
+  def advance(self):
+    self.now += next(self._durations)
+
+  def __call__(self):
+    self.reads += 1
+    return self.now
+
+
+class TimedAgent:
+  """An agent whose every update takes the clock's next duration."""
+
+  def __init__(self, clock):
+    self.clock, self.updates = clock, 0
+
+  def train(self, batch):
+    self.clock.advance()
+    self.updates += 1
+    return {}
+
+
+class Terminal(io.StringIO):
+  def isatty(self):
+    return True
+
+
+def timed_phase(durations, out):
+  clock = SteppingClock(durations)
+  dreamer.Trainer(TimedAgent(clock), iter(range(100)), patience=3, out=out, clock=clock).train(len(durations))
+  return clock
+
+
+def test_long_phase_prints_updates_rate_and_eta_as_plain_lines_into_a_log():
+  # The first update builds the graph (20 s), then 8 s each: update k ends at 20 + 8 (k - 1) s.
+  out = io.StringIO()
+  clock = timed_phase([20] + [8] * 19, out)
+  # Past 30 s at update 3 (36 s): (36 - 20) / 2 = 8 s per update, 17 left = 136 s. Plain
+  # lines at least 60 s apart: update 11 (100 s; 80 / 10 = 8, 9 left = 72 s) and update 19
+  # (164 s; 1 left = 8 s). Then the end, at 172 s.
+  assert out.getvalue().splitlines() == [
+      'Training: 3/20 updates, 8.00 s/update, phase ETA 2m 16s',
+      'Training: 11/20 updates, 8.00 s/update, phase ETA 1m 12s',
+      'Training: 19/20 updates, 8.00 s/update, phase ETA 8s',
+      'Training: 20/20 updates, 8.00 s/update, phase took 2m 52s']
+  assert clock.reads == 21  # One read per update and one at the start: nothing else slows the loop.
+
+
+def test_long_phase_rewrites_one_line_on_a_terminal_and_a_short_phase_prints_nothing():
+  out = Terminal()
+  timed_phase([10] * 6, out)  # Updates end at 10, 20, ..., 60 s; shown from 30 s, every second.
+  text = out.getvalue()
+  assert text.count('\n') == 1 and text.endswith('\n')
+  assert [line.removesuffix('\x1b[K') for line in text.rstrip('\n').split('\r')[1:]] == [
+      'Training: 3/6 updates, 10.00 s/update, phase ETA 30s',
+      'Training: 4/6 updates, 10.00 s/update, phase ETA 20s',
+      'Training: 5/6 updates, 10.00 s/update, phase ETA 10s',
+      'Training: 6/6 updates, 10.00 s/update, phase took 1m 00s']
+  for out in (io.StringIO(), Terminal()):
+    timed_phase([9] * 3, out)  # 27 s: below the half minute.
+    assert out.getvalue() == ''
 
 
 def sigmoid_log_likelihood(logits, target):
