@@ -11,7 +11,6 @@ import tempfile
 import textwrap
 
 import runs
-import tools
 import wrappers
 
 # Every setting with its default (SPEC 2-8). The command line is generated from it.
@@ -100,8 +99,11 @@ def to_bool(text):
   return text == 'True'
 
 
-def parse_args(argv=None):
-  presets = argparse.ArgumentParser(add_help=False)
+def build_parser(argv=None, exit_on_error=True):
+  """The command line of dreamer.py: one flag per setting of DEFAULTS, defaulting
+  to the values of the presets that `argv` names in --configs (for --mode eval,
+  to the run's saved settings first). scripts/sweep.py checks its flags with it."""
+  presets = argparse.ArgumentParser(add_help=False, exit_on_error=exit_on_error)
   presets.add_argument('--configs', nargs='+', default=[], choices=sorted(PRESETS))
   known, _ = presets.parse_known_args(argv)
   run = argparse.ArgumentParser(add_help=False)
@@ -114,10 +116,16 @@ def parse_args(argv=None):
     defaults.update({k: v for k, v in saved.items() if k in DEFAULTS and k not in ('mode', 'logdir')})
   for name in known.configs:
     defaults.update(PRESETS[name])
-  parser = argparse.ArgumentParser(description=__doc__, parents=[presets], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  parser = argparse.ArgumentParser(description=__doc__, parents=[presets], formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                   exit_on_error=exit_on_error)
   types = {bool: to_bool, int: to_int, float: float, str: str}
   for key, value in defaults.items():
     parser.add_argument(f'--{key}', type=types[type(DEFAULTS[key])], default=value, choices=CHOICES.get(key))
+  return parser
+
+
+def parse_args(argv=None):
+  parser = build_parser(argv)
   config = parser.parse_args(argv)
   error = validate(config)
   if error:
@@ -131,6 +139,7 @@ def validate(config):
     return 'Set --logdir, the folder for episodes, checkpoints and logs.'
   if config.mode == 'eval' and not runs.read_config(pathlib.Path(config.logdir).expanduser()):
     return f'--mode eval needs a trained run, but {config.logdir} holds no readable config.json.'
+  import tools  # TensorFlow: only this check needs it, so the sweep reads flags without it.
   if config.mode == 'eval' and not tools.Checkpoints(pathlib.Path(config.logdir).expanduser() / 'checkpoints', None, 1).saved():
     return f'{config.logdir} holds no checkpoint to evaluate yet; train it first (--mode train).'
   try:

@@ -40,12 +40,21 @@ def test_debug_run_writes_everything_and_resumes(tmp_path):
   assert any('train/model_loss' in row for row in rows)
   assert all(np.isfinite(v) for row in rows for v in row.values())
   assert list(logdir.glob('events.out.tfevents.*'))
-  # One after each of the 2 training phases (at 200 and 400 env steps), one at the end.
-  assert sorted(f.name for f in (logdir / 'checkpoints').iterdir()) == ['ckpt-1', 'ckpt-2', 'ckpt-3']
+  # One after each of the 3 training phases (at 200, 400 and the budget 600 env
+  # steps), one at the end; the newest 3 are kept.
+  assert sorted(f.name for f in (logdir / 'checkpoints').iterdir()) == ['ckpt-2', 'ckpt-3', 'ckpt-4']
+  # The last phase trains and evaluates at the budget, a point of the grid
+  # prefill + k * eval_every (200 + 400): 5 pretrain updates, then 3 per phase.
+  tests = {row['step']: row['train/updates'] for row in rows if 'test/return' in row}
+  assert tests == {200: 5, 600: 5 + 2 * 3}
   assert list((logdir / 'videos').glob('test_policy_*.gif'))
   assert list((logdir / 'videos').glob('train_openloop_*.gif'))
   config = json.loads((logdir / 'config.json').read_text())
   assert config['steps'] == 600 and config['batch_size'] == 4
+
+  again = run(logdir, '--steps', '600')
+  assert 'already reached its budget of 600 env steps' in again.stdout
+  assert metrics(logdir) == rows and sorted(f.name for f in (logdir / 'checkpoints').iterdir()) == ['ckpt-2', 'ckpt-3', 'ckpt-4']
 
   second = run(logdir, '--steps', '800')
   assert 'Prefill' not in second.stdout
@@ -84,10 +93,11 @@ def test_eval_mode_without_checkpoint_is_one_clear_error_with_exit_code_2(tmp_pa
 def test_video_every_sets_which_gifs_are_written_to_videos_only(tmp_path):
   logdir = tmp_path / 'run'
   run(logdir, '--steps', '800', '--video_every', '200')
-  # Phases at 200, 400, 600 env steps, one video period each ((step - prefill) // 200):
-  # an open-loop video in each, a policy video with each evaluation (200 and 600).
+  # Phases at 200, 400, 600 and the budget 800 env steps, one video period each
+  # ((step - prefill) // 200): an open-loop video in each, a policy video with each
+  # evaluation (200 and 600).
   names = sorted(f.name for f in (logdir / 'videos').iterdir())
-  assert names == ['test_policy_200.gif', 'test_policy_600.gif', 'train_openloop_200.gif', 'train_openloop_400.gif', 'train_openloop_600.gif']
+  assert names == ['test_policy_200.gif', 'test_policy_600.gif', 'train_openloop_200.gif', 'train_openloop_400.gif', 'train_openloop_600.gif', 'train_openloop_800.gif']
   import tensorflow as tf
   values = [v for f in logdir.glob('events.out.tfevents.*') for e in tf.compat.v1.train.summary_iterator(str(f)) for v in e.summary.value]
   assert values and not any(v.HasField('image') for v in values)
