@@ -11,7 +11,11 @@ import json
 import os
 import pathlib
 import re
+import platform
+import shutil
 import socket
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -21,7 +25,10 @@ REFERENCE = ROOT / 'reference' / 'dreamer_curves.json'
 BASELINES = ROOT / 'reference' / 'baselines.json'
 PUBLISHED = 'published'  # Method name of the authors' curves beside ours.
 MAX_SCORE = 1000.0  # The most a DMC episode of 1000 env steps can return.
-STEPS = (1e5, 5e5, 1e6, 5e6)  # Env steps the scripts compare at by default.
+# Env steps the scripts compare at by default: points of the published curves' grid,
+# 5e3 + k x 1e5 (and of our default evaluations, 5e3 + k x 1e4), so that neither side is
+# interpolated; 4.905e6 is the last published point.
+STEPS = (1.05e5, 5.05e5, 1.005e6, 4.905e6)
 
 
 # One logdir: episodes, config, metrics (SPEC 7).
@@ -70,23 +77,45 @@ def read_metrics(logdir, y='test/return', x='step'):
   return xs, np.array([points[s] for s in xs], float)
 
 
-def value_at(xs, ys, steps, until=None):
-  """One curve linearly interpolated at `steps`. Before its first point the first
-  value holds; after its last point the last value holds up to `until`, the env
-  steps the run got to (its last logged step), so a run that stopped at its budget
-  counts as having reached it; beyond that NaN ("not reached"). Without `until`
-  (the published curves) the last value holds for one evaluation interval."""
+# Reached: the one rule of every script (compare, plotting, report, learning check),
+# for our runs and the published curves alike. A curve has reached env step S when it
+# holds an evaluation at S or later. Its value at S is then the evaluation at S, else
+# the linear interpolation between the evaluations either side of S, or, before its
+# first evaluation, that first value; the scripts mark such values as not measured at
+# S. A curve that has not reached S has no value there ("not reached"), however far its
+# training got. A run trained with --steps S on the evaluation grid (prefill + k x
+# eval_every, e.g. 1.05e5) evaluates at S itself, so it has reached S.
+REACHED = 'a curve has reached an env step when it holds an evaluation at that step or later'
+
+
+def value_at(xs, ys, steps):
+  """One curve at `steps` by the rule above (REACHED): NaN where not reached."""
   xs, ys, steps = np.asarray(xs, float), np.asarray(ys, float), np.asarray(steps, float)
   if not len(xs):
     return np.full(steps.shape, np.nan)
-  if until is None:
-    until = xs[-1] + (xs[-1] - xs[-2] if len(xs) > 1 else 0.0)
-  return np.where(steps <= max(until, xs[-1]), np.interp(steps, xs, ys), np.nan)
+  return np.where(steps <= xs[-1], np.interp(steps, xs, ys), np.nan)
+
+
+def measured(xs, steps):
+  """Whether each of `steps` is one of the curve's evaluations (not interpolated)."""
+  return np.isin(np.round(np.asarray(steps, float)), np.round(np.asarray(xs, float)))
+
+
+def shown_path(path):
+  """A path as the scripts' reports write it, naming no folder of this machine:
+  relative to the working directory or the repository if inside one, else its last
+  part."""
+  path = pathlib.Path(path)
+  if not path.is_absolute():
+    return str(path)
+  for base in (pathlib.Path.cwd(), ROOT):
+    if path.is_relative_to(base):
+      return str(path.relative_to(base))
+  return path.name
 
 
 # Sets of runs: ours under roots, the published ones from the reference file.
-# A run is dict(task, method, seed, logdir, xs, ys), ours also with `until`: the last
-# env step they logged.
+# A run is dict(task, method, seed, logdir, xs, ys).
 
 def parse_source(text):
   """'PATH' or 'METHOD=PATH' -> (method or None, path)."""
@@ -96,9 +125,11 @@ def parse_source(text):
 
 def find_runs(sources, y='test/return', x='step'):
   """Every run with a metrics.jsonl under the given sources ('PATH' or
-  'METHOD=PATH'). In the layout <root>/<task>/<method>/<seed>/ the folders name
-  the method; otherwise METHOD, or the root's folder name. Task and seed come from
-  the run's config.json where it has them."""
+  'METHOD=PATH'). Its method is METHOD, else the name of the folder that holds the
+  run's seed folder, as in <task>/<method>/<seed>/ at any depth below the source
+  (a sweep root, its parent, or the ablations' root: each variant its own method);
+  for a source that is itself the logdir, the logdir's name. Task and seed come
+  from the run's config.json where it has them, else from that layout."""
   runs = []
   for source in sources:
     method, root = parse_source(source)
@@ -106,22 +137,50 @@ def find_runs(sources, y='test/return', x='step'):
       logdir = metrics.parent
       parts = logdir.relative_to(root).parts
       config = read_config(logdir)
-      task = config.get('task') or (parts[0] if len(parts) == 3 else None)
+      task = config.get('task') or (parts[-3] if len(parts) >= 3 else None)
       if task is None:
         continue  # Not a Dreamer run: no config and not in the sweep layout.
       xs, ys = read_metrics(logdir, y, x)
-      logged, _ = read_metrics(logdir, x, x)  # Every row: how far the run got.
-      runs.append(dict(
-          task=task, method=method or (parts[1] if len(parts) == 3 else root.resolve().name),
-          seed=str(config.get('seed', logdir.name)), logdir=logdir, xs=xs, ys=ys, until=logged[-1]))
+      folder = (logdir.parent if parts else logdir).resolve()
+      runs.append(dict(task=task, method=method or folder.name, seed=str(config.get('seed', logdir.name)),
+                       logdir=logdir, xs=xs, ys=ys))
   return runs
 
 
+def read_json(path, what):
+  """A JSON file's content; ValueError naming the file if it is missing, empty or
+  not JSON."""
+  try:
+    text = pathlib.Path(path).read_text()
+  except OSError as e:
+    raise ValueError(f'{what} {path} cannot be read ({e.strerror}); set it with --reference or --baselines.') from None
+  try:
+    return json.loads(text)
+  except ValueError as e:
+    state = 'is empty' if not text.strip() else f'is not JSON ({e})'
+    raise ValueError(f'{what} {path} {state}; give a file in the format of reference/README.md.') from None
+
+
 def load_reference(path=REFERENCE):
-  """The published curves as runs of method PUBLISHED."""
-  return [dict(task=r['task'], method=PUBLISHED, seed=str(r['seed']), logdir=None,
-               xs=np.asarray(r['xs'], float), ys=np.asarray(r['ys'], float))
-          for r in json.loads(pathlib.Path(path).read_text()) if r.get('method', 'dreamer') == 'dreamer']
+  """The published curves as runs of method PUBLISHED; ValueError naming the file
+  if it is not a list of runs {task, seed, xs, ys} (reference/README.md)."""
+  data = read_json(path, 'reference file')
+  found = []
+  for i, r in enumerate(data if isinstance(data, list) else [data]):
+    try:
+      xs, ys = np.asarray(r['xs'], float), np.asarray(r['ys'], float)
+      if xs.ndim != 1 or xs.shape != ys.shape or np.any(np.diff(xs) <= 0):
+        raise ValueError('xs and ys must be lists of equal length, xs increasing')
+      run = dict(task=str(r['task']), method=PUBLISHED, seed=str(r['seed']), logdir=None, xs=xs, ys=ys)
+    except (KeyError, TypeError, ValueError) as e:
+      problem = f'lacks the key {e}' if isinstance(e, KeyError) else f'is not valid: {e}'
+      raise ValueError(f'reference file {path}: run {i} {problem}; each run needs task, seed, xs, ys '
+                       '(reference/README.md).') from None
+    if r.get('method', 'dreamer') == 'dreamer':
+      found.append(run)
+  if not found:
+    raise ValueError(f'reference file {path} holds no Dreamer runs; give a file in the format of reference/README.md.')
+  return found
 
 
 def load_all(sources, reference=REFERENCE, y='test/return', x='step'):
@@ -138,8 +197,12 @@ def load_all(sources, reference=REFERENCE, y='test/return', x='step'):
 
 
 def load_baselines(path=BASELINES):
-  """{task: {baseline: final score}}."""
-  return json.loads(pathlib.Path(path).read_text())
+  """{task: {baseline: final score}}; ValueError naming the file if it is not that."""
+  data = read_json(path, 'baselines file')
+  if not isinstance(data, dict) or not all(
+      isinstance(v, dict) and all(isinstance(x, (int, float)) for x in v.values()) for v in data.values()):
+    raise ValueError(f'baselines file {path} is not {{task: {{baseline: score}}}}; see reference/README.md.')
+  return data
 
 
 def group(runs):
@@ -155,11 +218,60 @@ def final_score(run):
   return float(run['ys'][-1]) if len(run['ys']) else np.nan
 
 
+# The scripts' console output.
+
+@contextlib.contextmanager
+def stdout_may_close():
+  """Printing inside ends quietly when the reader of stdout has gone (`... | head`):
+  the rest of the output is dropped instead of ending in a BrokenPipeError."""
+  try:
+    yield
+    sys.stdout.flush()
+  except BrokenPipeError:
+    # Python flushes stdout again at exit; point it at /dev/null so that cannot fail.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+# The machine a run trains on, recorded by the sweep (SWEEP_MACHINE) and shown by the
+# report.
+
+PACKAGES = ('tensorflow', 'tensorflow-probability', 'tf-keras', 'numpy', 'mujoco', 'dm-control', 'ale-py')
+
+
+def machine():
+  """{cpu, cores, gpus, python, packages}: CPU model, logical cores, NVIDIA GPUs
+  (from nvidia-smi; none without it), and the versions of the libraries a run uses,
+  read without importing them."""
+  import importlib.metadata
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open('/proc/cpuinfo') as f:
+      cpu = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), cpu)
+  except OSError:
+    pass
+  gpus = []
+  if shutil.which('nvidia-smi'):
+    try:
+      result = subprocess.run(['nvidia-smi', '--query-gpu=name', '--format=csv,noheader'], capture_output=True,
+                              text=True, timeout=20)
+      gpus = [line.strip() for line in result.stdout.splitlines() if line.strip()] if not result.returncode else []
+    except (OSError, subprocess.TimeoutExpired):
+      pass
+  packages = {}
+  for name in PACKAGES:
+    try:
+      packages[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      pass
+  return dict(cpu=cpu, cores=os.cpu_count(), gpus=gpus, python=platform.python_version(), packages=packages)
+
+
 # The sweep's records in <logdir>/stdout.log (scripts/sweep.py writes them).
 
 SWEEP_START = 'sweep: started dreamer.py at {time}'
 SWEEP_END = 'sweep: dreamer.py {outcome} after {seconds:.1f} s'
 SWEEP_STOPPED = 'was stopped by the sweep'  # Ctrl-C: the logdir stays resumable.
+SWEEP_MACHINE = 'sweep: machine '  # Followed by machine() as JSON, and the GPU the run was given.
 _SWEEP_STARTED = SWEEP_START.split('{')[0]
 _SWEEP_END = re.compile(r'^sweep: dreamer\.py (exited with code (-?\d+)|' + SWEEP_STOPPED + r') after ([\d.]+) s$')
 
@@ -173,6 +285,22 @@ def sweep_attempts(logdir):
     return []
   ends = [_SWEEP_END.match(line) for line in lines]
   return [(end.group(2) and int(end.group(2)), float(end.group(3))) for end in ends if end]
+
+
+def sweep_machine(logdir):
+  """The machine record of the sweep's last start of the run (machine(), with
+  `device`: its CUDA_VISIBLE_DEVICES or None), or None."""
+  try:
+    lines = (pathlib.Path(logdir) / 'stdout.log').read_text(errors='replace').splitlines()
+  except OSError:
+    return None
+  for line in reversed(lines):
+    if line.startswith(SWEEP_MACHINE):
+      try:
+        return json.loads(line[len(SWEEP_MACHINE):])
+      except ValueError:
+        return None
+  return None
 
 
 def wall_clock(logdir):

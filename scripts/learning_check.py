@@ -7,11 +7,13 @@ Usage:
       [-- extra dreamer.py flags]
 
 Runs dreamer.py (which resumes by itself if the logdir already holds a run), then
-prints step | our test return | published 5-seed mean | min | max, writes
+prints step | our test return | published mean | min | max | published seeds, where
+a published mean marked * is interpolated between the published evaluations (the
+rule of runs.py, "Reached"; none beyond the published curve's end), writes
 <logdir>/learning_check.png and <logdir>/learning_check.json, and exits 0 (PASS)
-when the last test return is >= 60% of the published mean at that step and above
-the random-policy score (where known), 1 (FAIL) otherwise, 2 for an unknown task.
---no-train only evaluates an existing logdir.
+when the last test return with a published value is >= 60% of the published mean at
+that step and above the random-policy score (where known), 1 (FAIL) otherwise, 2 for
+an unknown task or a bad reference file. --no-train only evaluates an existing logdir.
 """
 
 import argparse
@@ -82,9 +84,15 @@ def load_reference(path, task):
 
 
 def published(reference, steps):
-  """Mean, min and max across seeds of each seed's curve at `steps` (runs.value_at)."""
+  """Mean, min and max over the seeds that reached each of `steps` (runs.value_at;
+  NaN where none did), their number, and whether any value is interpolated."""
   curves = np.array([runs.value_at(r['xs'], r['ys'], steps) for r in reference])
-  return curves.mean(0), curves.min(0), curves.max(0)
+  exact = np.array([runs.measured(r['xs'], steps) for r in reference])
+  done = np.isfinite(curves)
+  seeds = done.sum(0)
+  pick = lambda fill, reduce: np.where(seeds > 0, reduce(np.where(done, curves, fill), 0), np.nan)
+  mean = np.where(seeds > 0, np.where(done, curves, 0).sum(0) / np.maximum(seeds, 1), np.nan)
+  return mean, pick(np.inf, np.min), pick(-np.inf, np.max), seeds, np.any(done & ~exact, 0)
 
 
 def verdict(task, step, value, mean):
@@ -109,10 +117,13 @@ def plot(path, task, steps, returns, reference, random):
   xmax = max(float(steps.max()) * 1.05, 1.0)
   grid = np.concatenate([np.linspace(0, xmax, 200), *[r['xs'] for r in reference]])
   grid = np.unique(grid[grid <= xmax])
-  mean, low, high = published(reference, grid)
+  mean, low, high, _, _ = published(reference, grid)
   fig, ax = plt.subplots(figsize=(7, 4.5))
   ax.fill_between(grid, low, high, color='tab:gray', alpha=0.3, label=f'published min-max ({len(reference)} seeds)')
-  ax.plot(grid, mean, color='tab:gray', label='published mean')
+  ax.plot(grid, mean, color='tab:gray', label='published mean (linear between its evaluations)')
+  measured = np.unique(np.concatenate([r['xs'] for r in reference]))
+  measured = measured[measured <= xmax]
+  ax.plot(measured, published(reference, measured)[0], 'o', color='tab:gray', ms=4, label='published evaluations')
   ax.plot(grid, FRACTION * mean, color='tab:gray', ls=':', label=f'{FRACTION:.0%} of published mean')
   if random is not None:
     ax.axhline(random, color='tab:red', ls='--', lw=1, label=f'random policy ({random:g})')
@@ -129,8 +140,8 @@ def main(argv=None):
   args = parse_args(sys.argv[1:] if argv is None else argv)
   try:
     reference = load_reference(args.reference, args.task)
-  except FileNotFoundError:
-    return error(f'reference file {args.reference} not found (set --reference).', 2)
+  except ValueError as e:  # Missing, empty or malformed (runs.load_reference).
+    return error(str(e), 2)
   except KeyError as e:
     return error(e.args[0], 2)
 
@@ -151,14 +162,21 @@ def main(argv=None):
   if not len(steps):
     return error(f'no test/return in {metrics}; no evaluation has run yet.', 1)
 
-  mean, low, high = published(reference, steps)
-  rows = [dict(step=int(s), test_return=float(r), published_mean=float(m), published_min=float(lo), published_max=float(hi))
-          for s, r, m, lo, hi in zip(steps, returns, mean, low, high)]
-  header = ('step', 'our test return', 'published mean', 'published min', 'published max')
-  print(f'\nLearning check of {args.task} against {len(reference)} published seeds ({args.reference}):')
+  mean, low, high, seeds, interpolated = published(reference, steps)
+  value = lambda v: None if not np.isfinite(v) else float(v)
+  rows = [dict(step=int(s), test_return=float(r), published_mean=value(m), published_min=value(lo), published_max=value(hi),
+               published_seeds=int(n), published_interpolated=bool(i))
+          for s, r, m, lo, hi, n, i in zip(steps, returns, mean, low, high, seeds, interpolated)]
+  header = ('step', 'our test return', 'published mean', 'published min', 'published max', 'published seeds')
+  print(f'\nLearning check of {args.task} against {len(reference)} published seeds ({runs.shown_path(args.reference)}):')
   print(' | '.join(f'{h:>15}' for h in header))
+  cell = lambda v, mark='': f'{"-" if v is None else f"{v:.1f}{mark}":>15}'
   for row in rows:
-    print(f'{row["step"]:>15} | ' + ' | '.join(f'{row[k]:>15.1f}' for k in list(row)[1:]))
+    mark = '*' if row['published_interpolated'] else ''
+    print(f'{row["step"]:>15} | {cell(row["test_return"])} | {cell(row["published_mean"], mark)} | '
+          f'{cell(row["published_min"], mark)} | {cell(row["published_max"], mark)} | {row["published_seeds"]:>15}')
+  if interpolated.any():
+    print('* interpolated between the published evaluations either side of the step.')
   random = RANDOM_SCORES.get(args.task)
   if random is None:
     print(f'Random-policy baseline: unknown for {args.task}; that criterion is skipped.')
@@ -167,10 +185,16 @@ def main(argv=None):
 
   plot_path = args.plot or args.logdir / 'learning_check.png'
   plot(plot_path, args.task, steps, returns, reference, random)
-  passed, line, numbers = verdict(args.task, steps[-1], returns[-1], mean[-1])
-  report = dict(task=args.task, reference=str(args.reference), command=command and shlex.join(command),
-                argv=[sys.argv[0], *(sys.argv[1:] if argv is None else argv)], rows=rows,
-                verdict='PASS' if passed else 'FAIL', verdict_line=line, plot=str(plot_path), **numbers)
+  within = np.flatnonzero(np.isfinite(mean))
+  if not len(within):
+    return error(f'no evaluation of {metrics} lies within the published curve of {args.task} '
+                 f'(it ends at {max(r["xs"][-1] for r in reference):g} env steps).', 1)
+  last = within[-1]  # The last evaluation that has a published value.
+  passed, line, numbers = verdict(args.task, steps[last], returns[last], mean[last])
+  shown = lambda words: [runs.shown_path(w) if w.startswith('/') else w for w in words]
+  report = dict(task=args.task, reference=runs.shown_path(args.reference), command=command and shlex.join(shown(command)),
+                argv=shown([sys.argv[0], *(sys.argv[1:] if argv is None else argv)]), rows=rows,
+                verdict='PASS' if passed else 'FAIL', verdict_line=line, plot=runs.shown_path(plot_path), **numbers)
   (args.logdir / 'learning_check.json').write_text(json.dumps(report, indent=2) + '\n')
   print(f'Wrote {plot_path} and {args.logdir / "learning_check.json"}')
   print(line, flush=True)

@@ -13,18 +13,20 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / 'scripts' / 'learning_check.py'
 
 # Three seeds of cartpole_balance (random score 135), one with other xs, and a task
-# without a known random score. Hand-computed published values at our steps:
-#   step  5 (before the first x): seeds 100, 200,   0 -> mean 100, min   0, max 200
-#   step 15:                      seeds 150, 300, 150 -> mean 200, min 150, max 300
-#   step 30:                      seeds 300, 600, 600 -> mean 500, min 300, max 600
-#   step 40 (after the last x):   same as step 30.
+# without a known random score. Hand-computed published values at our steps (seeds,
+# and whether some value is interpolated, i.e. not measured at the step):
+#   step  5 (before the first x): seeds 100, 200,   0 -> mean 100, min   0, max 200 (3, interpolated)
+#   step 15:                      seeds 150, 300, 150 -> mean 200, min 150, max 300 (3, interpolated)
+#   step 30:                      seeds 300, 600, 600 -> mean 500, min 300, max 600 (3, measured)
+#   step 40 (after the last x):   no seed reached it -> no published value (0)
 REFERENCE = [
     dict(task='dmc_cartpole_balance', method='dreamer', seed='0', xs=[10, 20, 30], ys=[100, 200, 300]),
     dict(task='dmc_cartpole_balance', method='dreamer', seed='1', xs=[10, 20, 30], ys=[200, 400, 600]),
     dict(task='dmc_cartpole_balance', method='dreamer', seed='2', xs=[10, 30], ys=[0, 600]),
     dict(task='dmc_walker_walk', method='dreamer', seed='0', xs=[10, 30], ys=[1000, 1000]),
 ]
-EXPECTED = {5: (100, 0, 200), 15: (200, 150, 300), 30: (500, 300, 600), 40: (500, 300, 600)}
+EXPECTED = {5: (100, 0, 200, 3, True), 15: (200, 150, 300, 3, True), 30: (500, 300, 600, 3, False),
+            40: (None, None, None, 0, False)}
 
 
 def load_module():
@@ -57,20 +59,22 @@ def test_interpolated_published_mean_min_max_match_hand_computed_values_and_outp
   logdir = fake_logdir(tmp_path / 'run', [(5, 50.0), (15, 1.0), (15, 160.0), (40, 20.0), (30, 301.0)],
                        extra_rows=[{'step': 20, 'train/return': 999.0}])
   result = check('--task', 'dmc_cartpole_balance', '--logdir', logdir, '--reference', reference, '--no-train')
-  assert result.returncode == 1, result.stdout + result.stderr  # See the verdict below.
+  assert result.returncode == 0, result.stdout + result.stderr  # See the verdict below.
   report = json.loads((logdir / 'learning_check.json').read_text())
   assert [row['step'] for row in report['rows']] == [5, 15, 30, 40]
   assert [row['test_return'] for row in report['rows']] == [50.0, 160.0, 301.0, 20.0]
   for row in report['rows']:
-    got = (row['published_mean'], row['published_min'], row['published_max'])
+    got = tuple(row[f'published_{k}'] for k in ('mean', 'min', 'max', 'seeds', 'interpolated'))
     assert got == pytest.approx(EXPECTED[row['step']])
-  # The printed table carries the same numbers.
-  assert any(line.split() == ['15', '|', '160.0', '|', '200.0', '|', '150.0', '|', '300.0']
-             for line in result.stdout.splitlines())
+  # The printed table carries the same numbers, interpolated ones marked *.
+  lines = [line.split() for line in result.stdout.splitlines()]
+  assert ['15', '|', '160.0', '|', '200.0*', '|', '150.0*', '|', '300.0*', '|', '3'] in lines
+  assert ['40', '|', '20.0', '|', '-', '|', '-', '|', '-', '|', '0'] in lines
   assert 'Random-policy baseline: 135' in result.stdout
   assert report['command'] is None and report['random'] == 135
-  # The last evaluation is step 40 (sorted by step), 20 < 60% of 500.
-  assert report['verdict'] == 'FAIL' and report['last_step'] == 40
+  # The last evaluation with a published value is step 30 (sorted by step; the published
+  # curves end there): 301 >= 60% of 500.
+  assert report['verdict'] == 'PASS' and report['last_step'] == 30
   png = logdir / 'learning_check.png'
   assert png.read_bytes()[:4] == b'\x89PNG'
 
