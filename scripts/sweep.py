@@ -5,19 +5,23 @@ Usage:
       [--method dreamer] [--jobs 1] [--devices 0,1] [--status | --dry-run] [dreamer.py flags]
 
 The default grid is the paper's 20 DMC tasks (SPEC 8) x seeds 0-4. Every flag this
-script does not know goes to dreamer.py unchanged (e.g. `--configs debug --steps 400`).
-At most --jobs runs at once; --devices gives each run one GPU (CUDA_VISIBLE_DEVICES),
-round robin over the least busy. Each run's output is appended to <logdir>/stdout.log,
-with the sweep's start and exit lines. A run that reached its budget (--steps, or the
-`steps` of its config.json) is skipped; an unfinished one resumes. A failed run does not
-stop the others. Ctrl-C (or SIGTERM) stops every run; their logdirs stay resumable.
---status prints one line per run; --dry-run prints one shell command per run.
+script does not know goes to dreamer.py unchanged (e.g. `--configs debug --steps 400`),
+after dreamer.py's own parser (configs.build_parser) has accepted it: a misspelt flag or
+a bad value is an error before anything starts. At most --jobs runs at once; --devices
+gives each run one GPU (CUDA_VISIBLE_DEVICES), round robin over the least busy. Each
+run's output is appended to <logdir>/stdout.log, with the sweep's start, machine and exit
+lines. A run's budget is the --steps those flags give dreamer.py (set or from a preset),
+else the `steps` of its config.json, else dreamer.py's default; a run that reached it is
+skipped, an unfinished one resumes. A failed run does not stop the others. Ctrl-C (or
+SIGTERM) stops every run; their logdirs stay resumable. --status prints one line per run;
+--dry-run prints one shell command per run.
 
 Exit codes: 0 every run finished, 1 a run failed, 2 bad input, 130 stopped.
 """
 
 import argparse
 import datetime
+import json
 import os
 import pathlib
 import shlex
@@ -28,6 +32,7 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import configs  # noqa: E402 (TF-free: dreamer.py's flags)
 import runs  # noqa: E402 (needs the project root on the path)
 import wrappers  # noqa: E402 (TF-free: the paper's task list)
 
@@ -57,26 +62,36 @@ def parse_args(argv):
     except ValueError as e:
       parser.error(str(e))
   try:
-    args.budget = steps_flag(args.extra)
-  except ValueError:
-    parser.error('--steps for dreamer.py must be an integer (1e5 is fine).')
+    args.budget = dreamer_budget(args.extra)
+  except ValueError as e:
+    parser.error(str(e))
+  if args.status and not args.root.is_dir():
+    parser.error(f'--root {args.root} does not exist, so no run has started there; give the --root the sweep ran in.')
   return args
 
 
-def steps_flag(extra):
-  """The env-step budget given to dreamer.py (`--steps N` or `--steps=N`), or None."""
-  value = None
-  for i, flag in enumerate(extra):
-    if flag == '--steps' and i + 1 < len(extra):
-      value = extra[i + 1]
-    elif flag.startswith('--steps='):
-      value = flag.split('=', 1)[1]
-  if value is None:
-    return None
-  number = float(value)
-  if not number.is_integer():
-    raise ValueError(value)
-  return int(number)
+def dreamer_budget(extra):
+  """Checks the flags for dreamer.py with its own parser; the env-step budget they
+  give it (--steps, or a preset's), or None if they leave the default. ValueError
+  saying what dreamer.py would reject."""
+  try:
+    parser = configs.build_parser(extra, exit_on_error=False)
+    preset = parser.get_default('steps')
+    # None: tells the flags given from the defaults.
+    parser.set_defaults(steps=None, task=None, seed=None, logdir=None)
+    flags, unknown = parser.parse_known_args(extra)
+  except argparse.ArgumentError as e:
+    raise ValueError(f'dreamer.py would reject {e}.') from None
+  if unknown:
+    raise ValueError(f'dreamer.py does not know {shlex.join(unknown)}; `python dreamer.py --help` lists its flags.')
+  own = [f for f in ('task', 'seed', 'logdir') if getattr(flags, f) is not None]
+  if own:
+    raise ValueError(f'--{own[0]} is set by the sweep for each run; use --tasks, --seeds and --root instead.')
+  if flags.steps is not None and flags.steps <= 0:
+    raise ValueError(f'--steps for dreamer.py must be positive, got {flags.steps}.')
+  if flags.steps is not None:
+    return flags.steps
+  return preset if preset != configs.DEFAULTS['steps'] else None
 
 
 def grid(args):
@@ -100,7 +115,7 @@ def run_state(logdir, budget):
   this sweep exited non-zero), unfinished (started, stopped before its budget),
   not started. The one place that decides."""
   config = runs.read_config(logdir)
-  budget = budget or config.get('steps')
+  budget = budget or config.get('steps') or configs.DEFAULTS['steps']
   steps = runs.env_steps(logdir, config)
   attempts = runs.sweep_attempts(logdir)
   if runs.lock_holder(logdir):
@@ -120,7 +135,7 @@ def status_line(task, seed, logdir, budget):
   state, steps, budget = run_state(logdir, budget)
   _, returns = runs.read_metrics(logdir)
   last = f'{returns[-1]:.1f}' if len(returns) else '-'
-  return f'{task:<32} seed {seed:<3} {steps:>9} / {budget or "?":<9} test return {last:>7}  {state}'
+  return f'{task:<32} seed {seed:<3} {steps:>9} / {budget:<9} test return {last:>7}  {state}'
 
 
 class Child:
@@ -131,6 +146,7 @@ class Child:
     logdir.mkdir(parents=True, exist_ok=True)
     self.log = open(logdir / 'stdout.log', 'a')
     self.log.write(runs.SWEEP_START.format(time=datetime.datetime.now().isoformat(timespec='seconds')) + '\n')
+    self.log.write(runs.SWEEP_MACHINE + json.dumps(dict(machine(), device=device)) + '\n')
     self.log.flush()
     env = dict(os.environ, PYTHONUNBUFFERED='1')  # stdout.log shows progress as it happens.
     if device is not None:
@@ -155,6 +171,13 @@ class Child:
     except ProcessLookupError:
       pass
     self.close(runs.SWEEP_STOPPED)
+
+
+def machine(cache={}):
+  """runs.machine(), looked up once per sweep."""
+  if not cache:
+    cache.update(runs.machine())
+  return cache
 
 
 def pick_device(devices, children):
@@ -203,13 +226,10 @@ def sweep(args):
 
 def main(argv=None):
   args = parse_args(sys.argv[1:] if argv is None else argv)
-  if args.dry_run:
-    for run in grid(args):
-      print(shell_line(args, *run))
-    return 0
-  if args.status:
-    for run in grid(args):
-      print(status_line(*run, args.budget))
+  if args.dry_run or args.status:
+    with runs.stdout_may_close():  # `--status | head` stops quietly.
+      for run in grid(args):
+        print(shell_line(args, *run) if args.dry_run else status_line(*run, args.budget), flush=True)
     return 0
   # Ctrl-C and SIGTERM stop the sweep, even if it was started with SIGINT ignored (as
   # background jobs are); its runs then start with SIGINT at its default.

@@ -2,12 +2,15 @@
 debug sweep with a failing run beside it, --status, and Ctrl-C."""
 
 import json
+import os
 import pathlib
 import shlex
 import signal
 import subprocess
 import sys
 import time
+
+import pytest
 
 import runs
 
@@ -102,6 +105,40 @@ def test_status_reads_running_from_the_lock_and_failed_from_the_sweeps_records(t
     holder.wait()
 
 
+@pytest.mark.parametrize('flags, message', [
+    (['--stepz', '5'], 'dreamer.py does not know --stepz 5; `python dreamer.py --help` lists its flags.'),
+    (['--steps', '0'], '--steps for dreamer.py must be positive, got 0.'),
+    (['--steps', '1.5e3x'], "dreamer.py would reject argument --steps: invalid to_int value: '1.5e3x'."),
+    (['--batch_noise', 'sharedd'], "dreamer.py would reject argument --batch_noise: invalid choice: 'sharedd'"),
+    (['--configs', 'debugg'], "dreamer.py would reject argument --configs: invalid choice: 'debugg'"),
+    (['--seed', '3'], '--seed is set by the sweep for each run; use --tasks, --seeds and --root instead.'),
+], ids=['misspelt', 'zero_steps', 'bad_number', 'bad_choice', 'bad_preset', 'own_flag'])
+def test_flags_dreamer_would_reject_stop_the_sweep_before_anything_starts(tmp_path, flags, message):
+  result = sweep('--root', tmp_path / 'root', '--tasks', 'dmc_cartpole_balance', '--seeds', 0, *flags)
+  assert result.returncode == 2 and message in result.stderr, result.stderr
+  assert 'Traceback' not in result.stderr and result.stdout == ''
+  assert not (tmp_path / 'root').exists()  # Nothing started.
+
+
+def test_status_of_a_missing_root_is_an_error_and_shows_the_budget_the_flags_give(tmp_path):
+  result = sweep('--root', tmp_path / 'nowhere', '--status')
+  assert result.returncode == 2 and result.stdout == ''
+  assert f'--root {tmp_path / "nowhere"} does not exist, so no run has started there' in result.stderr
+  # Not started: the budget of the flags (a preset's), else dreamer.py's default.
+  assert status(tmp_path, '--tasks', 'dmc_cartpole_balance', '--seeds', 0, '--configs', 'debug') == {
+      ('dmc_cartpole_balance', 0): (0, '800', '-', 'not started')}
+  assert status(tmp_path, '--tasks', 'dmc_cartpole_balance', '--seeds', 0) == {
+      ('dmc_cartpole_balance', 0): (0, '5000000', '-', 'not started')}
+
+
+def test_status_into_a_closed_pipe_ends_quietly(tmp_path):
+  process = subprocess.Popen([sys.executable, str(SCRIPT), '--root', str(tmp_path), '--status'],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  process.stdout.close()  # As `| head` does once it has its lines.
+  _, stderr = process.communicate(timeout=60)
+  assert process.returncode == 0 and stderr == b'', stderr.decode()
+
+
 def test_bad_task_and_jobs_are_one_line_errors_with_exit_code_2(tmp_path):
   result = sweep('--root', tmp_path, '--tasks', 'dmc_walker_fly', '--dry-run')
   assert result.returncode == 2 and "Unknown task 'dmc_walker_fly'" in result.stderr
@@ -127,7 +164,10 @@ def test_two_job_debug_sweep_finishes_beside_a_failing_run(tmp_path):
     returns = [row['test/return'] for row in map(json.loads, (logdir / 'metrics.jsonl').read_text().splitlines()) if 'test/return' in row]
     assert last == f'{returns[-1]:.1f}'
     assert (logdir / 'stdout.log').read_text().splitlines()[-1].startswith('sweep: dreamer.py exited with code 0 after')
-  assert table['dmc_cartpole_balance', 2] == (0, '?', '-', 'failed')  # Its config.json has no budget.
+  # Its config.json has no budget, nor do the flags: dreamer.py's default.
+  assert table['dmc_cartpole_balance', 2] == (0, '5000000', '-', 'failed')
+  machine = runs.sweep_machine(tmp_path / 'dmc_cartpole_balance' / 'dreamer' / '0')  # Recorded at each start.
+  assert machine['cores'] == os.cpu_count() and machine['device'] is None and 'numpy' in machine['packages']
 
 
 def test_ctrl_c_stops_the_run_and_leaves_it_resumable(tmp_path):
