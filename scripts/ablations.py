@@ -13,10 +13,13 @@ Usage:
   default horizon (paper Fig. 8 and Appendix E); methods reconstruction, contrastive,
   reward.
 
-Every run logs to <root>/<task>/<method>/<seed>/, so a plot of every metrics.jsonl
-under <root> shows the methods side by side. --dry-run prints the commands, one per
-line; without it they run one after another (each resumes its own logdir), and the
-script stops with the exit code of the first run that fails.
+Every run logs to <root>/<task>/<method>/<seed>/, the sweep's layout, with the variant
+as the method folder. compare.py, plotting.py and report.py name a run's method by the
+folder above its seed folder (runs.find_runs), so given <root>, a folder above it (the
+default logdir/, beside the sweep's runs) or one task's folder, they show each variant
+as a method of its own. --dry-run prints the commands, one per line; without it they
+run one after another (each resumes its own logdir), and the script stops with the
+exit code of the first run that fails.
 """
 
 import argparse

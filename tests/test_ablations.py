@@ -1,11 +1,13 @@
 """scripts/ablations.py: the grid of the horizon and representation studies."""
 
+import json
 import pathlib
 import shlex
 import subprocess
 import sys
 
 import configs
+import runs
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / 'scripts' / 'ablations.py'
@@ -59,3 +61,27 @@ def test_running_stops_at_the_first_failing_run_with_its_exit_code(tmp_path):
 def test_unknown_task_is_an_error_with_exit_code_2():
   result = ablations('--dry-run', '--tasks', 'dmc_walker_fly')
   assert result.returncode == 2 and 'dmc_walker_walk' in result.stderr and not result.stdout
+
+
+def test_each_variant_is_a_method_of_its_own_read_from_the_root_or_any_folder_around_it(tmp_path):
+  root = tmp_path / 'logdir' / 'ablations'
+  result = ablations('--dry-run', '--root', root, '--tasks', 'dmc_cheetah_run', '--horizons', 10, '--seeds', 2)
+  assert result.returncode == 0, result.stderr
+  for line in result.stdout.splitlines():
+    config = configs.parse_args(shlex.split(line)[2:])  # Creates the logdir, as dreamer.py does.
+    logdir = pathlib.Path(config.logdir)
+    (logdir / 'config.json').write_text(json.dumps(dict(task=config.task, seed=config.seed)))
+    (logdir / 'metrics.jsonl').write_text(json.dumps({'step': 5000, 'test/return': 1.0}) + '\n')
+  main = tmp_path / 'logdir' / 'dmc_cheetah_run' / 'dreamer' / '0'  # A sweep's run beside them.
+  main.mkdir(parents=True)
+  (main / 'config.json').write_text(json.dumps(dict(task='dmc_cheetah_run', seed=0)))
+  (main / 'metrics.jsonl').write_text(json.dumps({'step': 5000, 'test/return': 1.0}) + '\n')
+  variants = {'dreamer_h10', 'no_value_h10', 'planet_h10', 'reconstruction', 'contrastive', 'reward'}
+  for source, extra in ((tmp_path / 'logdir', {'dreamer'}), (root, set()), (root / 'dmc_cheetah_run', set())):
+    found = runs.find_runs([str(source)])
+    seeds = {}
+    for run in found:
+      assert run['task'] == 'dmc_cheetah_run'
+      seeds.setdefault(run['method'], set()).add(run['seed'])
+    assert set(seeds) == variants | extra, source
+    assert all(seeds[m] == {'0', '1'} for m in variants)
