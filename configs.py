@@ -22,20 +22,21 @@ DEFAULTS = dict(
     nonfinite_patience=10, precision='32', strategy='default',
     # Environment.
     envs=1, parallel='process', action_repeat=2, time_limit=1000, prefill=5000,
-    clip_rewards='none',
+    prefill_episodes=0, clip_rewards='none',
     # World model.
     deter_size=200, stoch_size=30, num_units=400, cnn_depth=32, dense_act='elu',
     cnn_act='relu', pcont=False, free_nats=3.0, free_nats_per_step=False,
     kl_scale=1.0, pcont_scale=10.0, batch_noise='independent', objective='reconstruction',
+    layer_impl='keras',
     # Optimisation and data.
-    batch_size=50, batch_length=50, train_every=1000, train_steps=100, pretrain=100,
+    batch_size=50, batch_length=50, train_every=1000, collect_episodes=0, train_steps=100, pretrain=100,
     model_lr=6e-4, value_lr=8e-5, actor_lr=8e-5, adam_epsilon=1e-7, grad_clip=100.0,
     weight_decay=0.0, weight_decay_pattern=r'.*', dataset_balance=False,
     # Behaviour.
     behavior='dreamer', discount=0.99, disclam=0.95, horizon=15,
     planet_horizon=12, planet_iterations=10, planet_candidates=1000, planet_top=100,
     action_dist='tanh_normal', action_init_std=5.0, expl='additive_gaussian',
-    expl_amount=0.3, expl_decay=0.0, expl_min=0.0, eval_noise=0.0,
+    expl_amount=0.3, expl_schedule='half_life', expl_decay=0.0, expl_min=0.0, eval_noise=0.0,
 )
 
 # Named overrides, applied in order by --configs.
@@ -46,8 +47,9 @@ PRESETS = dict(
         pretrain=5, eval_every=400, log_every=200, batch_size=4, batch_length=10,
         deter_size=16, stoch_size=4, num_units=16, cnn_depth=4, horizon=4),
     # Sized for 2 CPU cores: 1e5 env steps in about 75 minutes, the paper's
-    # schedule ratios, latent sizes and horizon kept (README, Learning check).
-    cpu=dict(cnn_depth=16, num_units=200, batch_size=10),
+    # schedule ratios, latent sizes and horizon kept (README, Learning check),
+    # with the layers reformulated for CPU speed (models.LAYERS).
+    cpu=dict(cnn_depth=16, num_units=200, batch_size=10, layer_impl='fast'),
     # The behaviour of the authors' TF2 code, behind the published curves (README,
     # Code behind the published curves): one RSSM noise vector per step for the
     # whole batch (SPEC 3), and a first training phase of 101 updates (their
@@ -59,20 +61,25 @@ PRESETS = dict(
     # Atari (SPEC 8; README, Atari): action repeat 4, episodes up to the emulator's
     # cap of 108000 frames, the continuation head for lost lives (SPEC 3-4), KL
     # scale 0.1, horizon 10, tanh-squashed training rewards, a one-hot actor
-    # (SPEC 5) and epsilon-greedy exploration from 0.4, halved every 1.5e6 env
-    # steps down to 0.1 (the authors' TF1 code decays linearly from 0.4 to 0.1).
+    # (SPEC 5) and epsilon-greedy exploration. As the authors' TF1 code runs Atari
+    # (scripts/configs.py, discrete and pcont; tools/schedule.py, linear): 100
+    # updates per collection of at least 500 agent steps and one whole episode, a
+    # prefill of at least 5 episodes and 2500 agent steps, the continuation loss
+    # unscaled, and epsilon falling linearly from 0.4 to 0.1 over 1.5e5 updates.
     atari=dict(
         action_repeat=4, time_limit=wrappers.ATARI_MAX_FRAMES, pcont=True, kl_scale=0.1,
         horizon=10, clip_rewards='tanh', action_dist='onehot', expl='epsilon_greedy',
-        expl_amount=0.4, expl_decay=1.5e6, expl_min=0.1),
+        train_every=2000, collect_episodes=1, prefill=10000, prefill_episodes=5, pcont_scale=1.0,
+        expl_amount=0.4, expl_schedule='linear', expl_decay=1.5e5, expl_min=0.1),
 )
 
 CHOICES = dict(
     mode=('train', 'eval'), precision=('32', '16', 'bf16'), batch_noise=('independent', 'shared'), strategy=('default', 'mirrored', 'multi_worker'),
-    objective=('reconstruction', 'contrastive', 'reward'), behavior=('dreamer', 'no_value', 'planet'),
+    objective=('reconstruction', 'contrastive', 'contrastive_tf1', 'reward'), behavior=('dreamer', 'no_value', 'planet'),
+    layer_impl=('keras', 'fast'),
     parallel=('none', 'thread', 'process'), clip_rewards=('none', 'tanh'),
     dense_act=('elu', 'relu'), cnn_act=('relu', 'elu'),
-    action_dist=('tanh_normal', 'onehot'),
+    action_dist=('tanh_normal', 'onehot', 'onehot_score'), expl_schedule=('half_life', 'linear'),
     expl=('additive_gaussian', 'epsilon_greedy', 'completely_random'))
 
 
@@ -150,6 +157,9 @@ def validate(config):
   for key in sizes:
     if getattr(config, key) <= 0:
       return f'--{key} must be positive, got {getattr(config, key)}.'
+  for key in ('prefill', 'prefill_episodes', 'collect_episodes'):
+    if getattr(config, key) < 0:
+      return f'--{key} must be zero or positive, got {getattr(config, key)}.'
   if config.planet_top > config.planet_candidates:
     return f'--planet_top {config.planet_top} exceeds --planet_candidates {config.planet_candidates}; refit to fewer of them.'
   rows = config.time_limit // config.action_repeat + 1

@@ -78,6 +78,49 @@ with tf_startup_filter():
 import configs  # noqa: E402 (after TensorFlow, inside the filter above)
 
 
+# The contrastive image terms of --objective (paper section 4): what the state model
+# predicts from the image embedding ('stoch' z_t or 'feat' s_t = [z_t, h_t]), its
+# layers of num_units and std (DenseHead's min_std, init_std), and the InfoNCE
+# normalisation.
+# `contrastive` is the paper's eq. 12 as written: normalised over the batch's images
+# for each state. `contrastive_tf1` is what the authors' TF1 code computes
+# (scripts/configs.py, cpc_head and cpc_contrast 'window'; training/utility.py,
+# compute_cpc_loss): normalised over a window of 10 sequences x 30 time shifts of
+# states for each image, the whole model state as the target, 3 layers, std
+# softplus(x + softplus^-1(1)) + 0.01.
+CONTRASTIVE = dict(
+    contrastive=dict(target='stoch', layers=2, min_std=0.1, init_std=None,
+                     nce=lambda log_q, batch, length: tools.info_nce(log_q)),
+    contrastive_tf1=dict(target='feat', layers=3, min_std=0.01, init_std=1.0,
+                         nce=lambda log_q, batch, length: tools.info_nce_window(log_q, batch, length, 10, 30)),
+)
+
+
+def lambda_returns(reward, value, pcont, lambda_):
+  """Dreamer's returns of imagined steps [H, N]: lambda-returns of the first H - 1
+  steps bootstrapped with the last value (paper eq. 6), weighted by the cumulative
+  continuation before each step (paper section 3), as the authors' TF2 code computes
+  them (dreamer.py, Dreamer._train)."""
+  returns = tools.lambda_return(reward[:-1], value[:-1], pcont[:-1], value[-1], lambda_)
+  weights = tf.stop_gradient(tf.math.cumprod(tf.concat([tf.ones_like(pcont[:1]), pcont[:-2]], 0), 0))
+  return returns, weights
+
+
+def reward_returns(reward, value, pcont, lambda_):
+  """The no-value ablation's returns (paper eq. 4, Fig. 4 and 7): from every imagined
+  step t the discounted return of the H imagined rewards, R_t = r_t + c_t R_{t+1} with
+  R_H = 0, each step weighted 1, as the authors' TF1 code's actor-only setting
+  computes them (training/utility.py, compute_action_values without a value head;
+  control/temporal_difference.py, discounted_return). Eq. 4 writes the sum
+  undiscounted; their code discounts it by gamma (or the continuation head)."""
+  returns = tools.lambda_return(reward, tf.zeros_like(reward), pcont, tf.zeros_like(reward[-1]), 1.0)
+  return returns, tf.ones_like(returns)
+
+
+# The returns the actor maximises, by --behavior (PlaNet's planner learns none).
+RETURNS = dict(dreamer=lambda_returns, no_value=reward_returns)
+
+
 class Dreamer(tf.Module):
   """World model, actor and value with their optimisers (SPEC 3-6)."""
 
@@ -89,8 +132,13 @@ class Dreamer(tf.Module):
     self.encoder = models.ConvEncoder(c.cnn_depth, c.cnn_act)
     self.dynamics = models.RSSM(c.stoch_size, c.deter_size, c.deter_size, c.dense_act, batch_noise=c.batch_noise)
     # The image term of the world-model loss (SPEC 10): a decoder, a state model or none.
-    self.decoder = models.ConvDecoder(c.cnn_depth, c.cnn_act) if c.objective == 'reconstruction' else None
-    self.state_model = models.DenseHead((c.stoch_size,), 2, c.num_units, 'normal_std', c.dense_act) if c.objective == 'contrastive' else None
+    self.decoder = models.ConvDecoder(c.cnn_depth, c.cnn_act, layers=c.layer_impl) if c.objective == 'reconstruction' else None
+    self._contrastive = CONTRASTIVE.get(c.objective)
+    self.state_model = None
+    if self._contrastive:
+      spec = self._contrastive
+      size = c.stoch_size + (c.deter_size if spec['target'] == 'feat' else 0)
+      self.state_model = models.DenseHead((size,), spec['layers'], c.num_units, 'normal_std', c.dense_act, spec['min_std'], spec['init_std'])
     self.reward = models.DenseHead((), 2, c.num_units, 'normal', c.dense_act)
     self.pcont = models.DenseHead((), 3, c.num_units, 'binary', c.dense_act) if c.pcont else None
     # Behaviour (SPEC 4): actor and value, the actor alone (no value), or neither (PlaNet's planner).
@@ -139,7 +187,7 @@ class Dreamer(tf.Module):
     every replica computes gradients of its share, they are summed across replicas,
     then each optimiser applies them unless they are not finite (SPEC 6). `noise`,
     if given, holds every standard-normal draw of the step (see `_gradients`)."""
-    grads, metrics = self._strategy.run(self._gradients, (data, noise))
+    grads, metrics, feat = self._strategy.run(self._gradients, (data, noise))
     metrics = {k: self._strategy.reduce('mean', v, axis=None) for k, v in metrics.items()}
     for opt, variables in self._optimizers():
       apply = functools.partial(self._strategy.run, opt.apply, (grads[opt.name], variables))
@@ -147,15 +195,19 @@ class Dreamer(tf.Module):
         apply()
       else:
         tf.cond(metrics[f'{opt.name}_skipped'] == 0, apply, lambda: None)
+    if self.actor:  # As the authors' TF2 code logs it: the updated actor on the batch's posterior.
+      entropy = self._strategy.run(lambda f: tf.reduce_mean(self.actor(f).entropy()), (feat,))
+      metrics['action_ent'] = self._strategy.reduce('mean', entropy, axis=None)
     self.updates.assign_add(1)
     metrics.update({f'{opt.name}_loss_scale': opt.loss_scale() for opt, _ in self._optimizers() if opt.loss_scaling})
     return metrics
 
   def _gradients(self, data, noise=None):
-    """Losses and replica-summed gradients; all forward passes use the weights
-    before the update. Imagination starts from stopped states, so the world-model
-    tape can be released before it. `noise`: None to draw every sample here, or
-    dict(observe=, imagine=) of draws for `_model_loss` and `_imagine_ahead`."""
+    """Losses, replica-summed gradients and the posterior features; all forward
+    passes use the weights before the update. Imagination starts from stopped
+    states, so the world-model tape can be released before it. `noise`: None to
+    draw every sample here, or dict(observe=, imagine=) of draws for `_model_loss`
+    and `_imagine_ahead`."""
     noise = noise or {}
     data = self.preprocess(data)
     (model_opt, model_vars), *behaviour = self._optimizers()
@@ -172,13 +224,12 @@ class Dreamer(tf.Module):
       behaviour_grads, behaviour_metrics = self._behaviour_gradients(post, noise.get('imagine'), behaviour)
       grads.update(behaviour_grads)
       metrics.update(behaviour_metrics)
-    return grads, metrics
+    return grads, metrics, self.dynamics.get_feat(post)
 
   def _behaviour_gradients(self, post, noise, optimizers):
     """Actor (and value) gradients and metrics from imagination (SPEC 4)."""
     (actor_opt, actor_vars), *value = optimizers
     grads, metrics = {}, {}
-    metrics['action_ent'] = tf.reduce_mean(self.actor(self.dynamics.get_feat(post)).entropy())
     # One non-persistent tape per loss, the value tape watching only the value head:
     # a persistent tape, or one that sees the imagination loop without needing its
     # gradient, materialises zeros for every activation the loop keeps (0.5 GB).
@@ -233,16 +284,19 @@ class Dreamer(tf.Module):
 
   def _image_term(self, image, embed, post, feat):
     """What the world model learns about the images, chosen by --objective (SPEC 10):
-    their log-likelihood under the decoder, the InfoNCE bound of the state model
-    q(z_t | o_t) over the batch, or nothing (reward only). Returns the
+    their log-likelihood under the decoder, an InfoNCE bound of the state model
+    q(s_t | o_t) (CONTRASTIVE), or nothing (reward only). Returns the
     log-likelihood terms and the golden file's outputs of the term."""
     if self.decoder:
       dist = self.decoder(feat)
       return dict(image=tf.reduce_mean(dist.log_prob(image))), dict(image_mean=dist.mean())
     if self.state_model:
+      spec = self._contrastive
       flat = lambda x: tf.reshape(x, [-1, x.shape[-1]])  # Every observation of the batch.
-      dist = self.state_model(flat(embed)).distribution  # Normal(loc, scale) [N, stoch].
-      return dict(contrastive=tf.reduce_mean(tools.info_nce(models.as_float32(flat(post['stoch'])), dist.loc, dist.scale))), {}
+      target = models.as_float32(flat(feat if spec['target'] == 'feat' else post['stoch']))
+      dist = self.state_model(flat(embed)).distribution  # Normal(loc, scale) [N, size].
+      log_q = tools.log_density_matrix(target, dist.loc, dist.scale)
+      return dict(contrastive=tf.reduce_mean(spec['nce'](log_q, *feat.shape[:2]))), {}
     return {}, {}
 
   def _imagine_ahead(self, post, noise=None):
@@ -283,11 +337,8 @@ class Dreamer(tf.Module):
     out = dict(reward=reward, pcont=pcont)
     if self.value:
       value_dist = self.value(imag_feat)
-      value = out['value'] = value_dist.mode()
-      returns = tools.lambda_return(reward[:-1], value[:-1], pcont[:-1], value[-1], c.disclam)
-    else:  # Ablation: sum of imagined rewards, no bootstrap.
-      returns = tools.lambda_return(reward[:-1], tf.zeros_like(reward[:-1]), pcont[:-1], tf.zeros_like(reward[-1]), 1.0)
-    weights = tf.stop_gradient(tf.math.cumprod(tf.concat([tf.ones_like(pcont[:1]), pcont[:-2]], 0), 0))
+      out['value'] = value_dist.mode()
+    returns, weights = RETURNS[c.behavior](reward, out.get('value'), pcont, c.disclam)
     out.update(returns=returns, weights=weights, actor_loss=-tf.reduce_mean(weights * returns), value_loss=tf.constant(0.0))
     if self.value:  # Regresses v(f_t) on the stopped returns, first H-1 steps.
       out['value_loss'] = -tf.reduce_mean(weights * value_dist[:-1].log_prob(tf.stop_gradient(returns)))
@@ -296,7 +347,7 @@ class Dreamer(tf.Module):
   def preprocess(self, data):
     """uint8 images to [-0.5, 0.5] floats (SPEC 3); optional reward squashing."""
     data = dict(data)
-    data['image'] = tf.cast(data['image'], tf.float32) / 255.0 - 0.5
+    data['image'] = tools.image_to_float(data['image'])
     if self._c.clip_rewards == 'tanh' and 'reward' in data:  # The policy passes images only.
       data['reward'] = tf.tanh(data['reward'])
     return data
@@ -386,11 +437,22 @@ def random_policy(act_space, seed):
   return lambda obs, reset, state: (np.stack([act_space.sample(rng) for _ in reset]), None)
 
 
-def exploration_amount(config, step):
-  """expl_amount, halved every expl_decay env steps, floored at expl_min (SPEC 5)."""
+# How the exploration amount falls (--expl_schedule), from expl_amount at the start:
+# the authors' TF2 code halves it every expl_decay env steps (dreamer.py,
+# Dreamer._exploration); their TF1 code lowers it linearly to expl_min over
+# expl_decay updates (scripts/configs.py, discrete; tools/schedule.py, linear).
+EXPLORATION_SCHEDULES = dict(
+    half_life=lambda c, step, updates: c.expl_amount * 0.5 ** (step / c.expl_decay),
+    linear=lambda c, step, updates: c.expl_amount + (c.expl_min - c.expl_amount) * min(1.0, updates / c.expl_decay),
+)
+
+
+def exploration_amount(config, step, updates):
+  """The exploration amount after `step` env steps and `updates` gradient updates:
+  expl_amount, lowered by the schedule when expl_decay is set, floored at expl_min."""
   amount = config.expl_amount
   if config.expl_decay:
-    amount *= 0.5 ** (step / config.expl_decay)
+    amount = EXPLORATION_SCHEDULES[config.expl_schedule](config, step, updates)
   return max(config.expl_min, amount)
 
 
@@ -405,8 +467,11 @@ def episode_counter(phase, unit, total, amount, done=0):
 
 
 def make_envs(config, count, seed, train):
+  """Training episodes last at least batch_length rows, so each holds a training
+  window (wrappers.MinimumLength)."""
   ctor = functools.partial(
-      wrappers.make_env, config.task, config.action_repeat, config.time_limit, train=train)
+      wrappers.make_env, config.task, config.action_repeat, config.time_limit, train=train,
+      min_rows=config.batch_length)
   return [wrappers.Parallel(functools.partial(ctor, seed=seed + i), config.parallel) for i in range(count)]
 
 
@@ -533,12 +598,15 @@ def main(config):
   try:
     act_space = train_envs[0].act_space
     env_state = None
-    if step < config.prefill:
-      print(f'Prefill dataset with {config.prefill - step} random env steps.', flush=True)
+    # At least `prefill` env steps and `prefill_episodes` whole episodes.
+    missing = max(0, config.prefill - step), max(0, config.prefill_episodes - len(list(train_dir.glob('*.npz'))))
+    if any(missing):
+      episodes = f' and at least {missing[1]} episodes' if missing[1] else ''
+      print(f'Prefill dataset with {missing[0]} random env steps{episodes}.', flush=True)
       report = episode_counter('Prefill', 'env steps', config.prefill, lambda e: (len(e['reward']) - 1) * config.action_repeat, step)
       env_state = wrappers.simulate(
           random_policy(act_space, config.seed), train_envs,
-          steps=agent_steps(config, config.prefill - step), callbacks=train_callbacks + [report])
+          steps=agent_steps(config, missing[0]), episodes=missing[1], callbacks=train_callbacks + [report])
       step = tools.count_steps(train_dir, config.action_repeat)
     with strategy.scope():
       agent = Dreamer(config, act_space.shape[0])
@@ -597,17 +665,18 @@ def main(config):
         wrappers.simulate(Policy(agent, False, config.eval_noise), test_envs, episodes=config.eval_episodes, callbacks=test_callbacks + [report])
         if policy_video:
           logger.video('test/policy', test_episodes[0]['image'])
-      amount = exploration_amount(config, step)
+      amount = exploration_amount(config, step, int(agent.updates.numpy()))
       if log:
         logger.scalar('train/expl_amount', amount)
       if log or test_due or openloop_video or step >= config.steps:
         logger.write(int(agent.updates.numpy()))
       if step >= config.steps:
         break
-      collect = min(config.train_every, config.steps - step)  # Do not overshoot the budget.
+      # Do not overshoot the budget (an episode that --collect_episodes waits for may).
+      collect = min(config.train_every, config.steps - step)
       env_state = wrappers.simulate(
           Policy(agent, True, amount), train_envs, steps=agent_steps(config, collect),
-          state=env_state, callbacks=train_callbacks)
+          episodes=config.collect_episodes, state=env_state, callbacks=train_callbacks)
       step = tools.count_steps(train_dir, config.action_repeat)
     save(step)  # The schedules' counters of the last phase.
   finally:

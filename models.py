@@ -150,8 +150,9 @@ class ConvEncoder(Module):
 class Conv2DTranspose(keras.layers.Conv2DTranspose):
   """Keras' transposed convolution, except that on a 1x1 input (the decoder's
   first one) it is computed as the matmul it amounts to: the same weights,
-  initialisation and results, with forward and backward passes 4.7x faster on
-  CPU than oneDNN's transposed-convolution kernels (issue 3)."""
+  initialisation and math, with forward and backward passes 4.7x faster on CPU
+  than oneDNN's transposed-convolution kernels, but summed in another order, so
+  its float32 results differ from Keras' in the last bits (README, Speed)."""
 
   def call(self, x):
     if x.shape[1:3] != (1, 1) or self.padding != 'valid' or self.output_padding or self.dilation_rate != (1, 1):
@@ -163,32 +164,44 @@ class Conv2DTranspose(keras.layers.Conv2DTranspose):
     return self.activation(tf.nn.bias_add(y, self.bias))
 
 
+# How the layers are computed (--layer_impl), the one place for reformulations of
+# the same math: 'keras' builds them as the authors' code does, so that an update
+# rounds as theirs does (README, Golden reference file); 'fast' swaps in the
+# reformulations that run faster on CPU (README, Speed).
+LAYERS = dict(
+    keras=dict(conv_transpose=keras.layers.Conv2DTranspose),
+    fast=dict(conv_transpose=Conv2DTranspose),
+)
+
+
 class ConvDecoder(Module):
   """Features -> Normal(mean image, 1) over 64x64x3 pixels (SPEC 3)."""
 
-  def __init__(self, depth=32, act='relu', shape=(64, 64, 3)):
+  def __init__(self, depth=32, act='relu', shape=(64, 64, 3), layers='keras'):
     super().__init__()
     self._depth = depth
     self._act = act
     self._shape = shape
+    self._conv_transpose = LAYERS[layers]['conv_transpose']
 
   def __call__(self, features):
     x = self.get('h1', keras.layers.Dense, 32 * self._depth)(features)
     x = tf.reshape(x, [-1, 1, 1, 32 * self._depth])
     layers = ((4, 5, self._act), (2, 5, self._act), (1, 6, self._act))
     for i, (mult, kernel, act) in enumerate(layers):
-      x = self.get(f'h{i + 2}', Conv2DTranspose, mult * self._depth, kernel, 2, activation=act)(x)
-    x = self.get('h5', Conv2DTranspose, self._shape[-1], 6, 2)(x)
+      x = self.get(f'h{i + 2}', self._conv_transpose, mult * self._depth, kernel, 2, activation=act)(x)
+    x = self.get('h5', self._conv_transpose, self._shape[-1], 6, 2)(x)
     mean = tf.reshape(as_float32(x), tf.concat([tf.shape(features)[:-1], self._shape], 0))
     return tools.UnitNormal(mean, len(self._shape))
 
 
 class DenseHead(Module):
-  """MLP -> Normal(mean, 1), Normal(mean, std) with a learned std of at least
-  `min_std` (the contrastive state model, SPEC 10) or Bernoulli(logits) over `shape`
-  (SPEC 3-4)."""
+  """MLP -> Normal(mean, 1), Normal(mean, std) with a learned std (the contrastive
+  state model, SPEC 10) or Bernoulli(logits) over `shape` (SPEC 3-4). The learned
+  std is softplus(x) + min_std, or with `init_std` softplus(x + softplus^-1(init_std))
+  + min_std, which starts near init_std + min_std."""
 
-  def __init__(self, shape, layers, units, dist='normal', act='elu', min_std=0.1):
+  def __init__(self, shape, layers, units, dist='normal', act='elu', min_std=0.1, init_std=None):
     super().__init__()
     self._shape = tuple(shape)
     self._layers_count = layers
@@ -196,6 +209,7 @@ class DenseHead(Module):
     self._dist = dist
     self._act = act
     self._min_std = min_std
+    self._raw_init_std = 0.0 if init_std is None else np.log(np.expm1(init_std))
 
   def __call__(self, features):
     x = features
@@ -208,14 +222,20 @@ class DenseHead(Module):
       return tfd.Independent(tfd.Normal(reshape(x), 1), len(self._shape))
     if self._dist == 'normal_std':
       mean, std = tf.split(x, 2, -1)
-      return tfd.Independent(tfd.Normal(reshape(mean), reshape(tf.nn.softplus(std) + self._min_std)), len(self._shape))
+      std = tf.nn.softplus(std + self._raw_init_std) + self._min_std
+      return tfd.Independent(tfd.Normal(reshape(mean), reshape(std)), len(self._shape))
     if self._dist == 'binary':
       return tfd.Independent(tfd.Bernoulli(logits=reshape(x), dtype=tf.float32), len(self._shape))
     raise ValueError(f'Unknown head distribution {self._dist!r}; use normal, normal_std or binary.')
 
 
+# One-hot actors (--action_dist) and the gradient their samples carry (tools.OneHotDist).
+ONE_HOT_GRADIENTS = dict(onehot='straight', onehot_score='score')
+
+
 class ActionHead(Module):
-  """Actor: tanh-transformed diagonal Normal or straight-through one-hot (SPEC 5)."""
+  """Actor: tanh-transformed diagonal Normal, or one-hot with a straight-through or
+  score-function gradient (SPEC 5)."""
 
   def __init__(self, size, layers=4, units=400, dist='tanh_normal', act='elu',
                min_std=1e-4, init_std=5.0, mean_scale=5.0):
@@ -240,6 +260,6 @@ class ActionHead(Module):
       std = tf.nn.softplus(std + self._raw_init_std) + self._min_std
       dist = tfd.TransformedDistribution(tfd.Normal(mean, std), tools.ClippedTanh())
       return tools.SampleDist(tfd.Independent(dist, 1))
-    if self._dist == 'onehot':
-      return tools.OneHotDist(as_float32(self.get('out', keras.layers.Dense, self._size)(x)))
-    raise ValueError(f'Unknown action distribution {self._dist!r}; use tanh_normal or onehot.')
+    if self._dist in ONE_HOT_GRADIENTS:
+      return tools.OneHotDist(as_float32(self.get('out', keras.layers.Dense, self._size)(x)), ONE_HOT_GRADIENTS[self._dist])
+    raise ValueError(f'Unknown action distribution {self._dist!r}; use tanh_normal, onehot or onehot_score.')

@@ -309,6 +309,17 @@ class Checkpoints:
     return None
 
 
+# Inputs.
+
+def image_to_float(image):
+  """uint8 images as float32 in [-0.5, 0.5]: image / 255 - 0.5, with the division
+  rounded as IEEE division rounds it, traced or not. Grappler rewrites a traced
+  `x / 255.0` into `x * (1 / 255)`, which puts 111 of the 256 pixel values one float32
+  step away from the division the authors' TF2 code computes in its tf.data map
+  (dreamer.py, preprocess); it leaves DivNoNan alone (tests/test_tools.py pins both)."""
+  return tf.math.divide_no_nan(tf.cast(image, tf.float32), 255.0) - 0.5
+
+
 # Behaviour learning math (SPEC 4).
 
 def lambda_return(reward, value, pcont, bootstrap, lambda_):
@@ -343,19 +354,44 @@ def cem(objective, shape, iterations, candidates, top):
 
 # Representation learning math (SPEC 10).
 
-def info_nce(z, mean, std):
-  """InfoNCE term of each state z_i [N, D]: log q(z_i | o_i) - log sum_j q(z_i | o_j),
-  where q(. | o_j) = Normal(mean_j, std_j) is diagonal and j runs over the batch. The
-  [N, N] log-densities come from matmuls of the expanded square, so no [N, N, D]
-  tensor is formed (0.75 GB for the paper's 2500 states)."""
+def log_density_matrix(z, mean, std):
+  """[N, N] log-densities log q(z_i | o_j) at [i, j] of states z [N, D] under the
+  diagonal Normals q(. | o_j) = Normal(mean_j, std_j), as float32. They come from
+  matmuls of the expanded square, so no [N, N, D] tensor is formed (0.75 GB for the
+  paper's 2500 states), computed in float64: the squared distance of a state to its
+  own observation's mean is a small difference of terms up to 1e6 when the stds are
+  small (0.01 at the TF1 state model's floor), which float32 would round by 0.1."""
+  dtype = z.dtype
+  z, mean, std = (tf.cast(x, tf.float64) for x in (z, mean, std))
   precision = 1 / tf.square(std)
   # sum_d (z_id - m_jd)^2 / s_jd^2 = z_i^2 . p_j - 2 z_i . (m_j p_j) + m_j^2 . p_j.
   square = (tf.matmul(tf.square(z), precision, transpose_b=True)
             - 2 * tf.matmul(z, mean * precision, transpose_b=True)
             + tf.reduce_sum(tf.square(mean) * precision, -1)[None])
   norm = tf.reduce_sum(tf.math.log(std), -1)[None] + 0.5 * z.shape[-1] * np.log(2 * np.pi)
-  log_q = -0.5 * square - norm  # log q(z_i | o_j) at [i, j].
+  return tf.cast(-0.5 * square - norm, dtype)
+
+
+def info_nce(log_q):
+  """The InfoNCE term of each state i as the paper's eq. 12 writes it, normalised
+  over the observations of the batch: log q(z_i | o_i) - log sum_j q(z_i | o_j), from
+  log_q [N, N] of `log_density_matrix`."""
   return tf.linalg.diag_part(log_q) - tf.reduce_logsumexp(log_q, 1)
+
+
+def info_nce_window(log_q, batch, length, sequences=10, shifts=30):
+  """The InfoNCE term of each observation n = (b, t) of a [batch, length] batch as the
+  authors' TF1 code computes it (training/utility.py, compute_cpc_loss, 'window'):
+  normalised over states for that observation, log q(z_n | o_n) - log sum_k q(z_k | o_n),
+  where k runs over the window of states (b - i mod batch, t - j mod length) for i in
+  [-sequences // 2, sequences - sequences // 2) and j likewise with `shifts`, the pair
+  (0, 0) included. The window shrinks to the batch where the batch is smaller."""
+  sequences, shifts = min(sequences, batch), min(shifts, length)
+  b, t = np.meshgrid(np.arange(batch), np.arange(length), indexing='ij')
+  i, j = np.meshgrid(np.arange(sequences) - sequences // 2, np.arange(shifts) - shifts // 2, indexing='ij')
+  states = ((b.reshape(-1, 1) - i.reshape(1, -1)) % batch) * length + (t.reshape(-1, 1) - j.reshape(1, -1)) % length
+  window = tf.gather(tf.transpose(log_q), states, batch_dims=1)  # [N, sequences x shifts]: log q(z_k | o_n).
+  return tf.linalg.diag_part(log_q) - tf.reduce_logsumexp(window, 1)
 
 
 # Distributions (SPEC 5).
@@ -431,10 +467,18 @@ class UnitNormal(tfd.Independent):
 
 
 class OneHotDist(tfd.OneHotCategorical):
-  """One-hot categorical whose samples carry a straight-through gradient (SPEC 5)."""
+  """One-hot categorical whose samples carry a gradient for the logits (SPEC 5).
+  'straight': straight-through, sample + probs - stop_gradient(probs), as the paper
+  (section 3) and the authors' TF2 code describe it; 'score': the score function,
+  sample * exp(log p(sample) - stop_gradient(log p(sample))), so that d f(sample) =
+  (df/dsample . sample) d log p(sample), the default of the authors' TF1 code for
+  discrete actions (scripts/configs.py, discrete; distributions/one_hot.py)."""
 
-  def __init__(self, logits):
+  def __init__(self, logits, gradient='straight'):
     super().__init__(logits=logits, dtype=tf.float32)
+    if gradient not in ('straight', 'score'):
+      raise ValueError(f'Unknown one-hot gradient {gradient!r}; use straight or score.')
+    self._gradient = gradient
 
   def mode(self):
     return tf.one_hot(tf.argmax(self.logits_parameter(), -1), self.event_shape[-1])
@@ -443,6 +487,9 @@ class OneHotDist(tfd.OneHotCategorical):
     if noise is not None:
       raise ValueError('Given sampling noise applies to the tanh_normal actor only; the one-hot actor draws its own.')
     sample = super().sample(sample_shape, seed)
+    if self._gradient == 'score':
+      log_prob = self.log_prob(sample)[..., None]
+      return sample * tf.exp(log_prob - tf.stop_gradient(log_prob))
     probs = self.probs_parameter()
     return sample + probs - tf.stop_gradient(probs)
 

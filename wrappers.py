@@ -196,7 +196,9 @@ class Atari:
   the last two (Atari sprites flicker between frames), resized to `size` RGB,
   1 to `noops` (at least 1) random no-op frames after every reset, and the
   emulator's episode cap. With `life_done`, losing a life ends the episode with
-  discount 0; as in the authors' code, every reset then starts a new game."""
+  discount 0 (the loss of each step is against the lives before it, so a loss that
+  a `MinimumLength` wrapper lets pass is not counted again); as in the authors'
+  code, every reset then starts a new game."""
 
   def __init__(self, game, action_repeat=4, size=(64, 64), noops=30,
                life_done=True, sticky=0.25, seed=None):
@@ -221,13 +223,14 @@ class Atari:
     return self._obs([self._ale.getScreenRGB()])
 
   def step(self, action):
-    reward, screens, life_lost = 0.0, [], False
+    reward, screens, lives, life_lost = 0.0, [], self._lives, False
     for _ in range(self._repeat):
       reward += self._ale.act(self._actions[action])
       screens = screens[-1:] + [self._ale.getScreenRGB()]
-      life_lost = self._life_done and self._ale.lives() < self._lives
+      life_lost = self._life_done and self._ale.lives() < lives
       if self._ale.game_over() or life_lost:
         break
+    self._lives = self._ale.lives()
     terminal = self._ale.game_over(with_truncation=False) or life_lost
     done = terminal or self._ale.game_truncated()
     info = {'discount': np.array(0.0 if terminal else 1.0, np.float32)}
@@ -298,6 +301,29 @@ class NormalizeActions(Wrapper):
   def step(self, action):
     scaled = self._low + (np.asarray(action) + 1) / 2 * (self._high - self._low)
     return self._env.step(np.where(self._mask, scaled, action).astype(self.act_space.dtype))
+
+
+class MinimumLength(Wrapper):
+  """Ignores the end of an episode before its `steps`-th step (the discount stays 1),
+  so that every stored episode holds a training window of steps + 1 rows and its
+  terminal can be sampled. The authors' TF1 code does this for the first 50 steps,
+  its batch size and sequence length (control/wrappers.py, MinimumDuration)."""
+
+  def __init__(self, env, steps):
+    super().__init__(env)
+    self._steps = steps
+    self._step = None
+
+  def reset(self):
+    self._step = 0
+    return self._env.reset()
+
+  def step(self, action):
+    obs, reward, done, info = self._env.step(action)
+    self._step += 1
+    if done and self._step < self._steps:
+      done, info = False, {**info, 'discount': np.array(1.0, np.float32)}
+    return obs, reward, done, info
 
 
 class TimeLimit(Wrapper):
@@ -405,10 +431,10 @@ class Collect(Wrapper):
     return values
 
 
-def make_env(task, action_repeat=2, time_limit=1000, size=(64, 64), seed=None, train=True):
+def make_env(task, action_repeat=2, time_limit=1000, size=(64, 64), seed=None, train=True, min_rows=0):
   """Builds 'dmc_<domain>_<task>' or 'atari_<game>' with the paper's wrappers.
   A lost Atari life ends only training episodes (SPEC 8); evaluation plays
-  whole games."""
+  whole games. Training episodes last at least `min_rows` rows (`MinimumLength`)."""
   suite, _, name = task.partition('_')
   if suite == 'dmc':
     env = DeepMindControl(name, size, seed=seed)
@@ -418,6 +444,8 @@ def make_env(task, action_repeat=2, time_limit=1000, size=(64, 64), seed=None, t
     env = OneHotAction(Atari(name, action_repeat, size, life_done=train, seed=seed))
   else:
     raise _task_error(task)
+  if train and min_rows > 1:
+    env = MinimumLength(env, min_rows - 1)
   env = TimeLimit(env, time_limit // action_repeat)
   return Collect(RewardObs(env))
 

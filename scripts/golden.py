@@ -158,7 +158,8 @@ def write(out_path, flags):
 
 def check(path):
   golden = golden_numpy.load(path)
-  config = argparse.Namespace(**golden['config'])
+  # Settings added since the file was written take their defaults.
+  config = argparse.Namespace(**{**configs.DEFAULTS, **golden['config']})
   problem = unsupported(config)
   if problem:
     raise golden_numpy.GoldenError(problem)

@@ -186,21 +186,41 @@ def test_epsilon_greedy_replaces_a_fraction_of_actions_with_random_one_hots():
 
 def test_exploration_amount_decays_by_half_life_to_floor():
   config = tiny_config('--expl_amount', '0.4', '--expl_decay', '1000', '--expl_min', '0.15')
-  assert dreamer.exploration_amount(config, 0) == pytest.approx(0.4)
-  assert dreamer.exploration_amount(config, 1000) == pytest.approx(0.2)
-  assert dreamer.exploration_amount(config, 5000) == pytest.approx(0.15)
+  assert dreamer.exploration_amount(config, 0, 50) == pytest.approx(0.4)
+  assert dreamer.exploration_amount(config, 1000, 50) == pytest.approx(0.2)
+  assert dreamer.exploration_amount(config, 5000, 50) == pytest.approx(0.15)
 
 
-def test_no_value_ablation_sums_imagined_rewards():
+def test_atari_exploration_falls_linearly_in_updates_as_the_tf1_schedule_does():
+  config = tiny_config('--configs', 'atari', 'debug')
+  assert (config.expl_amount, config.expl_schedule, config.expl_decay, config.expl_min) == (0.4, 'linear', 1.5e5, 0.1)
+  # TF1: 0.4 * max(0.25, 1 - step / 1e7) with its step counting 50 per update.
+  for updates in (0, 1000, 75000, 149000, 150000, 400000):
+    expected = 0.4 * max(0.25, 1 - 50 * updates / 1e7)
+    assert dreamer.exploration_amount(config, 123456, updates) == pytest.approx(expected, rel=1e-6)
+  assert dreamer.exploration_amount(config, 0, 75000) == pytest.approx(0.25)  # Half way, whatever the env steps.
+
+
+def test_reward_returns_are_discounted_sums_of_all_h_rewards_from_each_step_by_hand():
+  reward = tf.constant([[1.0], [2.0], [3.0]])
+  pcont = tf.constant([[0.5], [0.5], [0.5]])
+  returns, weights = dreamer.reward_returns(reward, None, pcont, 0.95)
+  # R_2 = 3; R_1 = 2 + 0.5 * 3 = 3.5; R_0 = 1 + 0.5 * 3.5 = 2.75.
+  np.testing.assert_allclose(returns.numpy()[:, 0], [2.75, 3.5, 3.0])
+  np.testing.assert_array_equal(weights.numpy(), np.ones((3, 1)))
+
+
+def test_no_value_ablation_maximises_the_discounted_returns_of_all_imagined_rewards():
   config = tiny_config('--behavior', 'no_value', '--discount', '0.9')
   agent = dreamer.Dreamer(config, 2)
   assert agent.value is None
   feat = tf.random.normal([5, 3, config.stoch_size + config.deter_size])
-  actor_loss, _, _ = agent._behaviour_losses(feat)
-  reward = agent.reward(feat).mean().numpy()[:-1]
-  returns = np.array([sum(0.9 ** (k - t) * reward[k] for k in range(t, 4)) for t in range(4)])
-  weights = 0.9 ** np.arange(4)[:, None]
-  assert float(actor_loss) == pytest.approx(-np.mean(weights * returns), rel=1e-4)
+  actor_loss, value_loss, metrics = agent._behaviour_losses(feat)
+  reward = agent.reward(feat).mean().numpy()  # All 5 imagined rewards, the last included.
+  returns = np.array([sum(0.9 ** (k - t) * reward[k] for k in range(t, 5)) for t in range(5)])
+  assert float(actor_loss) == pytest.approx(-np.mean(returns), rel=1e-4)
+  assert float(metrics['imag_return']) == pytest.approx(np.mean(returns), rel=1e-4)
+  assert float(value_loss) == 0
 
 
 def test_pcont_head_is_trained_and_drops_last_start_state():
@@ -270,7 +290,6 @@ def reference_train(agent, config, batch):
     reward_like = tf.reduce_mean(agent.reward(feat).log_prob(data['reward']))
     kl = tf.reduce_mean(dyn.get_dist(post).kl_divergence(dyn.get_dist(prior)))
     model_loss = tf.maximum(kl, config.free_nats) - image_like - reward_like
-  agent.actor(feat).entropy()  # Dreamer._train's entropy metric draws samples here.
   with tf.GradientTape() as actor_tape:
     state = {k: tf.reshape(tf.stop_gradient(v), [-1, v.shape[-1]]) for k, v in post.items()}
     feats = []
@@ -294,6 +313,7 @@ def reference_train(agent, config, batch):
   for (opt, variables), loss, tape in zip(agent._optimizers(), (model_loss, actor_loss, value_loss), (model_tape, actor_tape, value_tape)):
     grads, norm = tf.clip_by_global_norm(tape.gradient(loss, variables), config.grad_clip)
     opt.opt.apply_gradients(zip(grads, variables))
+  agent.actor(feat).entropy()  # Dreamer._train's entropy metric draws its samples last.
   return dict(model_loss=model_loss, actor_loss=actor_loss, value_loss=value_loss)
 
 
@@ -313,6 +333,26 @@ def test_train_step_matches_straightforward_formulation():
   for a, b in zip(fast.trainable_variables, slow.trainable_variables):
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.name)
   assert any(not np.allclose(a.numpy(), b.numpy()) for a, b in zip(fast.trainable_variables, dreamer.Dreamer(config, 2).trainable_variables))
+
+
+def test_action_entropy_is_logged_from_the_updated_actor_on_the_batchs_posterior():
+  """As the authors' TF2 code logs it: after all three updates. The one-hot actor's
+  entropy has a closed form, so the logged value can be recomputed exactly."""
+  config = tiny_config('--action_dist', 'onehot', '--actor_lr', '0.05')
+  agent = dreamer.Dreamer(config, 3)
+  batch = random_batch(config, action_size=3)
+  rng = np.random.default_rng(0)
+  shape = (config.batch_size, config.batch_length, config.stoch_size)
+  observe = {k: rng.normal(size=shape).astype(np.float32) for k in ('prior', 'post')}
+  data = agent.preprocess(batch)
+  post, _ = agent.dynamics.observe(agent.encoder(data['image']), data['action'], noise=observe)
+  feat = agent.dynamics.get_feat(post)
+  entropy = lambda: float(np.mean(agent.actor(feat).entropy()))
+  before = entropy()
+  metrics = agent.train(batch, dict(observe=observe))
+  after = entropy()
+  assert abs(after - before) > 1e-3  # The update moved the actor.
+  assert float(metrics['action_ent']) == pytest.approx(after, rel=1e-5)
 
 
 class SkippingAgent:
@@ -560,6 +600,36 @@ def test_contrastive_loss_is_infonce_of_the_posterior_states_over_the_batch():
   flat = lambda x: x.numpy().reshape(-1, config.stoch_size)  # All 18 observations of the batch.
   expected = -numpy_info_nce(flat(post['stoch']), flat(dist.loc), flat(dist.scale)).mean()
   assert float(metrics['contrastive_loss']) == pytest.approx(expected, rel=1e-4)
+
+
+def numpy_info_nce_over_states(feat, mean, std):
+  """log q(s_i | o_i) - log sum_k q(s_k | o_i): for each image over every state."""
+  log_q = np.array([[np.sum(-0.5 * ((sk - m) / s) ** 2 - np.log(s) - 0.5 * np.log(2 * np.pi))
+                     for sk in np.asarray(feat, np.float64)] for m, s in zip(mean, std)])  # [image, state].
+  return np.diag(log_q) - np.log(np.exp(log_q - log_q.max(1, keepdims=True)).sum(1)) - log_q.max(1)
+
+
+def test_contrastive_tf1_predicts_the_whole_state_and_normalises_over_states_for_each_image():
+  config = tiny_config('--objective', 'contrastive_tf1')  # 3 x 6 batch: the 10 x 30 window covers it.
+  agent = dreamer.Dreamer(config, 2)
+  assert agent.decoder is None
+  assert sorted(agent.state_model.named_layers()) == ['h0', 'h1', 'h2', 'out']
+  data = agent.preprocess(random_batch(config))
+  rng = np.random.default_rng(0)
+  shape = (config.batch_size, config.batch_length, config.stoch_size)
+  noise = {k: rng.normal(size=shape).astype(np.float32) for k in ('prior', 'post')}
+  _, post, metrics = agent._model_loss(data, noise)
+  dist = agent.state_model(agent.encoder(data['image'])).distribution
+  size = config.stoch_size + config.deter_size
+  flat = lambda x: x.numpy().reshape(-1, size)
+  # The std starts near softplus(softplus^-1(1)) + 0.01 and never goes below 0.01.
+  assert np.all(dist.scale.numpy() > 0.01) and 0.5 < np.median(dist.scale.numpy()) < 2
+  feat = flat(agent.dynamics.get_feat(post))
+  expected = -numpy_info_nce_over_states(feat, flat(dist.loc), flat(dist.scale)).mean()
+  assert float(metrics['contrastive_loss']) == pytest.approx(expected, rel=1e-4)
+  over_images = -numpy_info_nce(feat, flat(dist.loc), flat(dist.scale)).mean()
+  assert abs(over_images - expected) > 1e-3  # The two normalisations differ.
+  assert np.isfinite(float(agent.train(random_batch(config))['model_loss']))
 
 
 def test_reward_objective_creates_trains_and_saves_no_decoder(tmp_path):

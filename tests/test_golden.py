@@ -2,6 +2,7 @@
 written per session; the TF check and the NumPy replay pass on it and fail, naming
 the quantity, on perturbed copies."""
 
+import json
 import pathlib
 import subprocess
 import sys
@@ -29,7 +30,9 @@ sys.exit(code)
 @pytest.fixture(scope='module')
 def golden_file(tmp_path_factory):
   path = tmp_path_factory.mktemp('golden') / 'golden.npz'
-  flags = ['--configs', 'debug', '--task', 'dmc_cartpole_balance', '--batch_size', '3', '--batch_length', '6']
+  # At cnn_depth 16 the decoder's first transposed convolution sums 512 channels, enough
+  # for its two implementations (--layer_impl) to round differently.
+  flags = ['--configs', 'debug', '--task', 'dmc_cartpole_balance', '--batch_size', '3', '--batch_length', '6', '--cnn_depth', '16']
   assert golden.main(['write', '--out', str(path), *flags]) == 0
   return path
 
@@ -106,6 +109,37 @@ def test_check_fails_on_a_stored_kl_just_beyond_its_tolerance(golden_file, tmp_p
   code, output = tf_check(perturbed(golden_file, tmp_path, 'out/kl', change), capsys)
   assert code == 1
   assert failed_quantities(output) == {'kl'}
+
+
+def test_an_updated_weight_passes_within_its_share_of_the_learning_rate_and_fails_beyond(golden_file, tmp_path, capsys):
+  stored = golden_numpy.load(golden_file)
+  step = golden_numpy.UPDATE_TOL * stored['config']['model_lr']
+  for factor, code in ((0.5, 0), (2.0, 1)):
+    def change(bias):
+      bias[0] += factor * step + golden_numpy.RTOL * np.abs(bias).max()
+      return bias
+    result, output = tf_check(perturbed(golden_file, tmp_path, 'updated/encoder/h0/bias', change), capsys)
+    assert result == code, output[-2000:]
+  assert failed_quantities(output) == {'updated/encoder/h0/bias'}
+
+
+def errors_by_quantity(output):
+  """{quantity: largest absolute error} from the checker's table."""
+  rows = [line.split() for line in output.splitlines()[1:]]
+  return {row[0]: float(row[1]) for row in rows if len(row) >= 4 and row[1][0].isdigit()}
+
+
+def test_check_passes_for_a_replay_that_rounds_differently(golden_file, tmp_path, capsys):
+  """The file was written with Keras' transposed convolutions. Replayed with the
+  decoder's first one computed as a matmul (--layer_impl fast: the same math summed
+  in another order), every quantity still passes, though the images differ."""
+  def change(config):
+    settings = json.loads(str(config))
+    assert settings['layer_impl'] == 'keras'
+    return np.array(json.dumps(dict(settings, layer_impl='fast')))
+  code, output = tf_check(perturbed(golden_file, tmp_path, 'config', change), capsys)
+  assert code == 0, output[-3000:]
+  assert errors_by_quantity(output)['image_mean'] > 0
 
 
 def test_numpy_replay_passes_without_tensorflow(golden_file):

@@ -141,6 +141,19 @@ def test_conv2d_transpose_matches_keras(shape, filters, kernel):
     np.testing.assert_allclose(ours_value.numpy(), reference_value.numpy(), rtol=1e-4, atol=1e-5 * scale)
 
 
+def test_decoder_layer_impl_picks_keras_transposed_convs_or_the_matmul_with_the_same_math():
+  features = tf.random.normal([2, 3, 20], seed=1)
+  keras_decoder, fast_decoder = models.ConvDecoder(depth=8), models.ConvDecoder(depth=8, layers='fast')
+  keras_decoder(features), fast_decoder(features)
+  for decoder, kind in ((keras_decoder, keras.layers.Conv2DTranspose), (fast_decoder, models.Conv2DTranspose)):
+    layers = decoder.named_layers()
+    assert [type(layers[f'h{i}']) for i in (2, 3, 4, 5)] == [kind] * 4
+  for a, b in zip(fast_decoder.variables, keras_decoder.variables):
+    a.assign(b)
+  expected, got = keras_decoder(features).mean().numpy(), fast_decoder(features).mean().numpy()
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6 * np.abs(expected).max())
+
+
 def test_decoder_log_prob_is_unit_normal_summed_over_pixels():
   decoder = models.ConvDecoder(depth=4)
   features = tf.random.normal([1, 6])
@@ -183,3 +196,18 @@ def test_dense_head_normal_std_has_learned_std_above_minimum():
   x = np.random.default_rng(0).normal(size=(4, 6, 5)).astype(np.float32)
   expected = np.sum(-0.5 * ((x - mean) / std) ** 2 - np.log(std) - 0.5 * np.log(2 * np.pi), -1)
   np.testing.assert_allclose(dist.log_prob(x).numpy(), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize('min_std, init_std, offset', [(0.1, None, 0.0), (0.01, 1.0, np.log(np.e - 1))])
+def test_dense_head_learned_std_is_softplus_of_the_output_shifted_by_init_std_plus_min_std(min_std, init_std, offset):
+  features = tf.random.normal([7, 10], seed=1)
+  head = models.DenseHead((5,), 3, 16, 'normal_std', min_std=min_std, init_std=init_std)
+  std = head(features).distribution.scale.numpy()
+  x = features.numpy()
+  for i in range(3):  # The hidden layers by hand (elu), then the output's second half.
+    kernel, bias = head.named_layers()[f'h{i}'].get_weights()
+    x = x @ kernel + bias
+    x = np.where(x > 0, x, np.expm1(np.minimum(x, 0)))
+  kernel, bias = head.named_layers()['out'].get_weights()
+  raw = (x @ kernel + bias)[:, 5:]
+  np.testing.assert_allclose(std, np.logaddexp(0, raw + offset) + min_std, rtol=1e-5)

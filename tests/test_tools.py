@@ -1,3 +1,4 @@
+import functools
 import gc
 import json
 import pathlib
@@ -12,6 +13,7 @@ import tensorflow as tf
 import zstandard
 
 import tools
+import wrappers
 
 
 def numpy_lambda_return(reward, value, pcont, bootstrap, lambda_):
@@ -24,6 +26,18 @@ def numpy_lambda_return(reward, value, pcont, bootstrap, lambda_):
     returns[t] = reward[t] + pcont[t] * ((1 - lambda_) * next_value + lambda_ * next_return)
     next_return = returns[t]
   return returns
+
+
+def test_image_to_float_divides_as_ieee_division_also_where_grappler_rewrites_a_traced_division():
+  pixels = np.arange(256, dtype=np.uint8)
+  exact = np.arange(256, dtype=np.float32) / np.float32(255) - np.float32(0.5)  # NumPy: IEEE float32 division.
+  assert exact[0] == -0.5 and exact[255] == 0.5
+  np.testing.assert_array_equal(tf.function(tools.image_to_float)(pixels).numpy(), exact)
+  np.testing.assert_array_equal(tools.image_to_float(pixels).numpy(), exact)
+  # What the plain formula gives once traced: x * (1 / 255), off by one step on 111 values.
+  rewritten = tf.function(lambda x: tf.cast(x, tf.float32) / 255.0 - 0.5)(pixels).numpy()
+  assert (rewritten != exact).sum() == 111
+  assert np.abs(rewritten - exact).max() <= np.spacing(np.float32(0.5))
 
 
 @pytest.mark.parametrize('lambda_', [0.0, 0.5, 0.95, 1.0])
@@ -153,6 +167,68 @@ def test_one_hot_sample_is_one_hot_with_straight_through_gradient():
   np.testing.assert_allclose(grad[0], probs * (w - probs @ w), rtol=1e-5)
 
 
+def test_one_hot_score_function_sample_is_one_hot_with_the_score_function_gradient():
+  logits = tf.Variable([[0.1, 2.0, -1.0]])
+  w = np.array([1.0, 2.0, 3.0])
+  with tf.GradientTape() as tape:
+    sample = tools.OneHotDist(logits, 'score').sample()
+    loss = tf.reduce_sum(sample * tf.constant([w], tf.float32))
+  np.testing.assert_array_equal(np.sort(sample.numpy()[0]), [0.0, 0.0, 1.0])  # exp(0) leaves it one-hot.
+  k = int(np.argmax(sample.numpy()[0]))
+  # d (w_k e^{log p_k - stop(log p_k)}) = w_k d log p_k = w_k (e_k - probs) for softmax logits.
+  probs = tf.nn.softmax(logits).numpy()[0]
+  np.testing.assert_allclose(tape.gradient(loss, logits).numpy()[0], w[k] * (np.eye(3)[k] - probs), rtol=1e-5)
+
+
+def numpy_log_q(z, mean, std):
+  """log Normal(z_i; mean_j, std_j) summed over dimensions at [i, j], one pair at a time."""
+  z, mean, std = (np.asarray(x, np.float64) for x in (z, mean, std))
+  return np.array([[np.sum(-0.5 * ((zi - m) / s) ** 2 - np.log(s) - 0.5 * np.log(2 * np.pi))
+                    for m, s in zip(mean, std)] for zi in z])
+
+
+def test_log_density_matrix_is_accurate_at_the_scales_of_whole_model_states():
+  """States of 230 dims with deterministic parts near 0.8 and stds down to 0.01 (the
+  TF1 state model's floor): in float32 the expanded square would cancel by 0.1 nats."""
+  rng = np.random.default_rng(0)
+  z = np.concatenate([rng.normal(size=(40, 30)), 0.8 + 0.1 * rng.uniform(-1, 1, (40, 200))], 1).astype(np.float32)
+  mean = (z + 0.02 * rng.normal(size=z.shape)).astype(np.float32)
+  std = rng.uniform(0.01, 0.05, z.shape).astype(np.float32)
+  expected = numpy_log_q(z, mean, std)
+  got = tools.log_density_matrix(tf.constant(z), tf.constant(mean), tf.constant(std)).numpy()
+  assert np.abs(got - expected).max() < 1e-4 * np.abs(expected).max()
+  np.testing.assert_allclose(np.diag(got), np.diag(expected), rtol=1e-5)
+
+
+def test_info_nce_normalises_over_images_for_each_state_as_eq_12_writes_it():
+  rng = np.random.default_rng(1)
+  log_q = rng.normal(size=(6, 6))
+  expected = [log_q[i, i] - np.log(np.exp(log_q[i]).sum()) for i in range(6)]
+  np.testing.assert_allclose(tools.info_nce(tf.constant(log_q)).numpy(), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize('batch, length, sequences, shifts', [(12, 40, 10, 30), (3, 6, 10, 30), (5, 8, 4, 3)])
+def test_info_nce_window_is_the_tf1_codes_rolled_negatives_over_states_for_each_image(batch, length, sequences, shifts):
+  """The authors' TF1 loop, in NumPy: for each window index a roll of the states over
+  batch and time, scored under every observation's state model, then the positive
+  minus the log-sum-exp over the window."""
+  rng = np.random.default_rng(2)
+  z = rng.normal(size=(batch, length, 3))
+  mean, std = z + 0.5 * rng.normal(size=z.shape), rng.uniform(0.5, 1.5, z.shape)
+  log_prob = lambda states: np.sum(-0.5 * ((states - mean) / std) ** 2 - np.log(std) - 0.5 * np.log(2 * np.pi), -1)
+  sequences, shifts = min(sequences, batch), min(shifts, length)
+  scores = []
+  for index in range(sequences * shifts):
+    batch_shift = index // shifts - sequences // 2
+    time_shift = index % shifts - shifts // 2
+    scores.append(log_prob(np.roll(np.roll(z, batch_shift, 0), time_shift, 1)))
+  expected = log_prob(z) - np.log(np.exp(np.stack(scores)).sum(0))
+  flat = lambda x: tf.constant(x.reshape(batch * length, -1))
+  log_q = tools.log_density_matrix(flat(z), flat(mean), flat(std))
+  got = tools.info_nce_window(log_q, batch, length, sequences, shifts).numpy()
+  np.testing.assert_allclose(got, expected.reshape(-1), rtol=1e-4, atol=1e-4)
+
+
 def random_episode(length, rng, action_size=2):
   return dict(
       image=rng.integers(0, 256, (length, 64, 64, 3), dtype=np.uint8),
@@ -180,6 +256,41 @@ def test_count_steps_sums_transitions_times_action_repeat(tmp_path):
     tools.save_episode(tmp_path, random_episode(length, rng))
   assert tools.count_steps(tmp_path, action_repeat=2) == (10 + 20 + 5) * 2
   assert tools.count_steps(tmp_path / 'missing', action_repeat=2) == 0
+
+
+class ShortLives:
+  """A game of 8x8 images that loses a life (done, discount 0) at every third step
+  and goes on after it, as Atari does."""
+
+  act_space = wrappers.Box(-1, 1, (1,))
+  obs_space = {'image': wrappers.Box(0, 255, (8, 8, 3), np.uint8)}
+
+  def reset(self):
+    self.steps = 0
+    return {'image': np.zeros((8, 8, 3), np.uint8)}
+
+  def step(self, action):
+    self.steps += 1
+    done = self.steps % 3 == 0
+    return {'image': np.full((8, 8, 3), self.steps, np.uint8)}, 1.0, done, {'discount': np.array(0.0 if done else 1.0, np.float32)}
+
+
+def test_a_prefill_of_short_lives_gives_training_windows_that_end_at_their_terminals(tmp_path):
+  def prefill(folder, min_rows):
+    game = wrappers.MinimumLength(ShortLives(), min_rows - 1) if min_rows else ShortLives()
+    env = wrappers.Parallel(lambda: wrappers.Collect(wrappers.RewardObs(wrappers.TimeLimit(game, 1000))), 'none')
+    random = lambda obs, reset, state: (np.random.uniform(-1, 1, (1, 1)).astype(np.float32), None)
+    wrappers.simulate(random, [env], steps=100, callbacks=[functools.partial(tools.save_episode, folder)])
+    episodes = tools.Episodes(folder)
+    episodes.update()
+    return episodes
+  short = prefill(tmp_path / 'short', 0)  # Lives of 3 steps: 4 rows, shorter than a window of 10.
+  with pytest.raises(ValueError, match='batch_length=10'):
+    short.choose(np.random.default_rng(0), 10)
+  episodes = prefill(tmp_path / 'kept', 10)  # Losses at steps 3 and 6 pass; the one at 9 ends it.
+  assert {e.length for e in episodes.episodes.values()} == {10}
+  batch = next(iter(tools.make_dataset(episodes, 4, 10)))
+  np.testing.assert_array_equal(batch['discount'].numpy(), np.tile([1.0] * 9 + [0.0], (4, 1)))
 
 
 def test_dataset_windows_have_shapes_and_never_cross_episodes(tmp_path):

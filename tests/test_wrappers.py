@@ -119,6 +119,49 @@ def test_time_limit_ends_episode_after_exactly_duration_steps_with_discount_one(
   assert not env.step([0.0])[2]
 
 
+class FakeLives(FakeEnv):
+  """A game that goes on after each lost life: step k loses one (done, discount 0)
+  whenever k is a multiple of `life`."""
+
+  def __init__(self, life=3):
+    super().__init__(length=10 ** 9)
+    self.life = life
+
+  def step(self, action):
+    obs, reward, _, _ = super().step(action)
+    done = self.steps % self.life == 0
+    return obs, reward, done, {'discount': np.array(0.0 if done else 1.0, np.float32)}
+
+
+def test_minimum_length_ignores_ends_before_its_steps_th_step_with_discount_one():
+  env = wrappers.MinimumLength(FakeLives(life=3), 7)
+  env.reset()
+  steps = [env.step([0.0]) for _ in range(9)]
+  dones = [done for _, _, done, _ in steps]
+  discounts = [float(info['discount']) for _, _, _, info in steps]
+  assert dones == [False] * 8 + [True]  # Lives lost at steps 3 and 6 pass; the one at 9 ends it.
+  assert discounts == [1.0] * 8 + [0.0]
+  env.reset()  # The count starts again.
+  assert [env.step([0.0])[2] for _ in range(9)] == [False] * 8 + [True]
+  later = wrappers.MinimumLength(FakeEnv(length=5), 3)  # An end after the minimum keeps its discount.
+  later.reset()
+  *_, (_, _, done, info) = [later.step([0.0]) for _ in range(5)]
+  assert done and info['discount'] == 0
+
+
+def test_make_env_keeps_training_episodes_of_short_lives_until_they_hold_min_rows(monkeypatch):
+  built = []
+  monkeypatch.setattr(wrappers, 'DeepMindControl', lambda *args, **kwargs: built.append(1) or FakeLives(life=2))
+  monkeypatch.setattr(wrappers, 'RenderImage', lambda env: env)
+  monkeypatch.setattr(wrappers, 'NormalizeActions', lambda env: env)
+  episodes = []
+  for train in (True, False):
+    env = wrappers.Parallel(functools.partial(wrappers.make_env, 'dmc_fake_task', 1, 100, train=train, min_rows=6), 'none')
+    wrappers.simulate(lambda obs, reset, state: (np.zeros((1, 1), np.float32), None), [env], episodes=2, callbacks=[episodes.append])
+  assert [len(e['reward']) for e in episodes] == [7, 7, 3, 3]  # Lives end at even steps: 6 steps, 7 rows.
+  assert all(list(e['discount']) == [1] * (len(e['reward']) - 1) + [0] for e in episodes)
+
+
 def test_reward_obs_is_zero_at_reset_then_last_reward():
   env = wrappers.RewardObs(FakeEnv())
   assert env.obs_space['reward'].shape == ()
@@ -475,6 +518,41 @@ def test_atari_lost_life_ends_training_episode_with_discount_zero(life_done):
         break
       assert not done and info['discount'] == 1
     assert step > 10
+  finally:
+    env.close()
+
+
+def short_life_breakout(min_steps):
+  """Breakout as `atari_worker` builds it, whose lost lives end an episode only from
+  step `min_steps` on."""
+  return wrappers.MinimumLength(wrappers.Atari('breakout', noops=1, sticky=0.0, seed=0), min_steps)
+
+
+def play_until_loss(reference, index, repeat=4):
+  """One agent step on the reference as the Atari wrapper plays it with lost lives
+  ending episodes: it stops at the frame that loses a life. Returns whether one was."""
+  action, lives = reference.getMinimalActionSet()[index], reference.lives()
+  for _ in range(repeat):
+    reference.act(action)
+    if reference.lives() < lives or reference.game_over():
+      return True
+  return False
+
+
+@needs_ale
+@pytest.mark.usefixtures('importable_tests')
+def test_atari_life_lost_before_the_minimum_length_goes_on_and_the_next_one_ends_the_episode():
+  reference, rng = reference_ale('breakout'), np.random.default_rng(1)
+  actions = [int(rng.integers(4)) for _ in range(3000)]
+  losses = [step for step, index in enumerate(actions) if play_until_loss(reference, index)][:2]
+  assert len(losses) == 2 and losses[0] > 10
+  env = wrappers.Parallel(functools.partial(short_life_breakout, losses[0] + 2), 'process')
+  try:
+    env.reset()()
+    for step, index in enumerate(actions[:losses[1] + 1]):
+      _, _, done, info = env.step(np.int64(index))()
+      # The first loss passes with discount 1; the second is counted against the lives after it.
+      assert (done, float(info['discount'])) == ((True, 0.0) if step == losses[1] else (False, 1.0)), step
   finally:
     env.close()
 
