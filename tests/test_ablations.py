@@ -36,19 +36,20 @@ def test_dry_run_prints_every_method_task_and_seed_with_its_flags(tmp_path):
   expected = dict(
       dreamer_h30=('dreamer', 30, 12, 'reconstruction'), no_value_h30=('no_value', 30, 12, 'reconstruction'),
       planet_h30=('planet', debug, 30, 'reconstruction'), reconstruction=('dreamer', debug, 12, 'reconstruction'),
-      contrastive=('dreamer', debug, 12, 'contrastive'), reward=('dreamer', debug, 12, 'reward'))
+      contrastive=('dreamer', debug, 12, 'contrastive_tf1'), reward=('dreamer', debug, 12, 'reward'))
   for method, values in expected.items():
     config = runs['dmc_hopper_hop', method, '1']
     assert (config.behavior, config.horizon, config.planet_horizon, config.objective) == values, method
 
 
-def test_default_grid_is_the_papers_twenty_tasks_four_horizons_three_seeds():
+def test_default_grid_is_the_papers_twenty_tasks_four_horizons_three_and_five_seeds():
   result = ablations('--dry-run')
   assert result.returncode == 0, result.stderr
   lines = result.stdout.splitlines()
-  assert len(lines) == 20 * (3 * 4 + 3) * 3
+  assert len(lines) == 20 * (3 * 4 * 3 + 3 * 5)  # Horizon study 3 seeds, representation 5.
   assert sum('/dmc_walker_walk/planet_h40/2 ' in line for line in lines) == 1
-  assert sum('/dmc_acrobot_swingup/contrastive/0 ' in line for line in lines) == 1
+  assert not any('/dmc_walker_walk/planet_h40/3 ' in line for line in lines)
+  assert sum('/dmc_acrobot_swingup/contrastive/4 ' in line for line in lines) == 1
 
 
 def test_running_stops_at_the_first_failing_run_with_its_exit_code(tmp_path):
