@@ -53,8 +53,13 @@ def read_config(logdir):
 
 
 def env_steps(logdir, config=None):
-  """Env steps of a run's training episodes, with the action repeat of its config."""
+  """Env steps of a run's training episodes, with the action repeat of its config;
+  for a run kept without its episodes (its small files in results/), the last step
+  of its metrics.jsonl."""
   config = read_config(logdir) if config is None else config
+  if not (pathlib.Path(logdir) / 'episodes').is_dir():
+    steps, _ = read_metrics(logdir, y='step')
+    return int(steps[-1]) if len(steps) else 0
   return count_steps(pathlib.Path(logdir) / 'episodes', config.get('action_repeat', 2))
 
 

@@ -183,3 +183,15 @@ def test_ctrl_c_stops_the_run_and_leaves_it_resumable(tmp_path):
   assert 'run the same command again to resume' in output
   assert (logdir / 'stdout.log').read_text().splitlines()[-1].startswith('sweep: dreamer.py was stopped by the sweep after')
   assert status(tmp_path, '--tasks', 'dmc_cartpole_balance', '--seeds', 0)['dmc_cartpole_balance', 0][3] == 'unfinished'
+
+
+def test_a_run_kept_without_its_episodes_counts_the_steps_its_metrics_logged(tmp_path):
+  # The small files of results/: config.json and metrics.jsonl, no episodes folder.
+  logdir = tmp_path / 'dmc_cartpole_balance' / 'dreamer' / '0'
+  logdir.mkdir(parents=True)
+  (logdir / 'config.json').write_text(json.dumps(dict(steps=6000, action_repeat=2, task='dmc_cartpole_balance')))
+  rows = [dict(step=5000, **{'test/return': 136.0}), dict(step=6000, **{'train/return': 200.0}), {'note': 'no step'}]
+  (logdir / 'metrics.jsonl').write_text(''.join(json.dumps(row) + '\n' for row in rows))
+  assert runs.env_steps(logdir) == 6000
+  assert status(tmp_path, '--tasks', 'dmc_cartpole_balance', '--seeds', 0) == {
+      ('dmc_cartpole_balance', 0): (6000, '6000', '136.0', 'finished')}
