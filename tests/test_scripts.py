@@ -2,6 +2,7 @@
 curves, the aggregate statistics, the rule of when a curve has reached a step, bad
 input, and the shipped reference files."""
 
+import argparse
 import importlib.util
 import json
 import math
@@ -132,7 +133,6 @@ def curves_args(**changes):
 @pytest.mark.parametrize('tasks', [[A], [A, B]], ids=['one_panel', 'two_panels'])
 def test_curves_have_a_y_label_and_the_whole_legend_inside_the_figure(root, tasks):
   plotting = load('plotting')
-  import argparse
   groups = runs.group(runs.find_runs([str(root / 'sweep')]) + runs.load_reference(root / 'reference.json'))
   methods = ['dreamer', runs.PUBLISHED]
   colors = {m: f'C{i}' for i, m in enumerate(methods + list(plotting.BASELINES))}
