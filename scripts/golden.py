@@ -169,7 +169,8 @@ def check(path):
   noise = dict(observe=dict(prior=draws['observe/prior'], post=draws['observe/post']),
                imagine=dict(stoch=draws['imagine/stoch'], action=draws['imagine/action']))
   stored = {**golden['out'], **{f'updated/{k}': v for k, v in golden['updated'].items()}}
-  failed = golden_numpy.report(stored, replay(agent, golden['batch'], noise), golden['config'])
+  before = {k: v.astype(np.float64) for k, v in golden['weights'].items()}
+  failed = golden_numpy.report(stored, replay(agent, golden['batch'], noise), golden['config'], before=before)
   return golden_numpy.verdict(failed)
 
 

@@ -29,11 +29,14 @@ EPS = float(np.finfo(np.float32).eps)  # 1.19e-7, one float32 rounding.
 # stochastic dimension in absolute terms.
 RTOL = 2 ** 8 * EPS
 KL_ATOL_PER_DIM = 2 ** 8 * EPS
-# An updated weight also passes within 2^-8 of its optimiser's learning rate. Adam's
-# first step moves a weight by lr g / (|g| + eps), so where |g| is small the float32
-# rounding of g, which differs between implementations, moves the step by a share of
-# lr, not of the weight: this code with its two --layer_impl values differed by 1e-4 of
-# the step, the authors' TF2 code by 2e-4 (measured by the issue's author).
+# An updated weight is judged by its update, the step new - old weights of the whole
+# tensor: it passes when the L2 norm of the error of that step is at most UPDATE_TOL of
+# the step's norm. Adam's first step moves a weight by lr g / (|g| + eps), so where |g|
+# is near eps the float32 rounding of g, which differs between implementations, moves a
+# single weight by a large share of lr: at the paper configuration a replay with the
+# decoder's first transposed convolution as a matmul instead of the Keras layer the
+# file was written with moved a few weights by up to a quarter of a step (elementwise
+# failures), with every gradient norm within 1.6e-7 of the file's.
 UPDATE_TOL = 2 ** -8
 
 # Quantities that need gradients: `scripts/golden.py check` recomputes them.
@@ -70,24 +73,27 @@ def errors(expected, actual):
   return largest, largest / max(np.abs(expected).max(initial=0.0), np.finfo(np.float64).tiny)
 
 
-def learning_rate(name, config):
-  """The learning rate of the optimiser that updates weight `updated/<network>/...`."""
-  return config[{'actor': 'actor_lr', 'value': 'value_lr'}.get(name.split('/')[1], 'model_lr')]
+def update_error(expected, actual, before):
+  """The L2 norm of the error of a weight tensor's update (new - `before`), divided
+  by the norm of the expected update."""
+  step = np.asarray(expected, np.float64) - before
+  error = np.linalg.norm(np.asarray(actual, np.float64) - np.asarray(expected, np.float64))
+  return error / max(np.linalg.norm(step), np.finfo(np.float64).tiny)
 
 
 def tolerance(name, expected, config):
-  """Allowed largest absolute error of a quantity (see RTOL, UPDATE_TOL)."""
+  """Allowed largest absolute error of a quantity (see RTOL)."""
   scale = np.abs(expected).max(initial=0.0)
   if name == 'kl':
     return RTOL * scale + KL_ATOL_PER_DIM * config['stoch_size']
-  if name.startswith('updated/'):
-    return RTOL * scale + UPDATE_TOL * learning_rate(name, config)
   return RTOL * scale
 
 
-def report(stored, computed, config, skipped=()):
+def report(stored, computed, config, skipped=(), before=None):
   """Print every stored quantity's largest absolute and relative error against its
-  recomputed value; return the names that failed (or were not recomputed)."""
+  recomputed value; return the names that failed (or were not recomputed). With
+  `before`, the weights before the update, an updated weight's relative error is
+  that of its update and passes up to UPDATE_TOL (see there)."""
   failed = []
   print(f'{"quantity":32} {"max abs error":>13} {"rel error":>10} {"allowed":>10}')
   for name, expected in sorted(stored.items()):
@@ -101,6 +107,13 @@ def report(stored, computed, config, skipped=()):
       failed.append(name)
       continue
     abs_err, rel_err = errors(expected, actual)
+    if before is not None and name.startswith('updated/'):
+      rel_err, allowed = update_error(expected, actual, before[name[len('updated/'):]]), UPDATE_TOL
+      ok = rel_err <= allowed
+      print(f'{name:32} {abs_err:13.3g} {rel_err:10.3g} {allowed:10.3g} of the step{"" if ok else "  FAIL"}')
+      if not ok:
+        failed.append(name)
+      continue
     allowed = tolerance(name, expected, config)
     ok = abs_err <= allowed
     print(f'{name:32} {abs_err:13.3g} {rel_err:10.3g} {allowed:10.3g}{"" if ok else "  FAIL"}')

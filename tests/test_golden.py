@@ -111,13 +111,12 @@ def test_check_fails_on_a_stored_kl_just_beyond_its_tolerance(golden_file, tmp_p
   assert failed_quantities(output) == {'kl'}
 
 
-def test_an_updated_weight_passes_within_its_share_of_the_learning_rate_and_fails_beyond(golden_file, tmp_path, capsys):
+def test_an_updated_weight_passes_while_its_step_is_within_update_tol_and_fails_beyond(golden_file, tmp_path, capsys):
   stored = golden_numpy.load(golden_file)
-  step = golden_numpy.UPDATE_TOL * stored['config']['model_lr']
+  before = stored['weights']['encoder/h0/bias'].astype(np.float64)
   for factor, code in ((0.5, 0), (2.0, 1)):
-    def change(bias):
-      bias[0] += factor * step + golden_numpy.RTOL * np.abs(bias).max()
-      return bias
+    def change(updated):  # The stored step of the whole tensor, longer by factor x UPDATE_TOL.
+      return (before + (updated - before) * (1 + factor * golden_numpy.UPDATE_TOL)).astype(np.float32)
     result, output = tf_check(perturbed(golden_file, tmp_path, 'updated/encoder/h0/bias', change), capsys)
     assert result == code, output[-2000:]
   assert failed_quantities(output) == {'updated/encoder/h0/bias'}
