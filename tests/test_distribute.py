@@ -174,19 +174,19 @@ def test_two_workers_on_localhost_train_in_lockstep_and_keep_their_own_checkpoin
   assert len(returns[0]) == len(returns[1]) == 3 and returns[0] != returns[1]
   # ... yet the replicas' all-reduced losses and the weights after every phase agree.
   losses = [[row['train/model_loss'] for row in metrics(logdir) if 'train/model_loss' in row] for logdir in logdirs]
-  assert len(losses[0]) == 2 and losses[0] == losses[1]
-  # One checkpoint after each of the 2 training phases and one at the end, each worker
-  # in its own folder.
+  assert len(losses[0]) == 3 and losses[0] == losses[1]
+  # One checkpoint after each of the 3 training phases (200, 400 and the budget 600
+  # env steps) and one at the end, the newest 3 kept, each worker in its own folder.
   for logdir in logdirs:
-    assert sorted(f.name for f in (logdir / 'checkpoints').iterdir()) == ['ckpt-1', 'ckpt-2', 'ckpt-3']
-  for name in ('ckpt-1', 'ckpt-2', 'ckpt-3'):
+    assert sorted(f.name for f in (logdir / 'checkpoints').iterdir()) == ['ckpt-2', 'ckpt-3', 'ckpt-4']
+  for name in ('ckpt-2', 'ckpt-3', 'ckpt-4'):
     readers = [tf.train.load_checkpoint(str(logdir / 'checkpoints' / name / 'ckpt')) for logdir in logdirs]
     variables = sorted(readers[0].get_variable_to_shape_map())
     assert variables == sorted(readers[1].get_variable_to_shape_map()) and len(variables) > 100
     for variable in variables:
       np.testing.assert_array_equal(readers[0].get_tensor(variable), readers[1].get_tensor(variable), variable)
   updates = readers[0].get_tensor('agent/updates/.ATTRIBUTES/VARIABLE_VALUE')
-  assert updates == 5 + 3  # Pretrain, then one phase of train_steps.
+  assert updates == 5 + 3 + 3  # Pretrain, then two phases of train_steps.
 
 
 def metrics(logdir):
