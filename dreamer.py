@@ -309,7 +309,7 @@ class Dreamer(tf.Module):
       action = self.actor(feat).sample(noise=x.get('action'))
       return self.dynamics.img_step(prev, action, x.get('stoch'))
 
-    states = tf.scan(step, dict(step=tf.range(self._c.horizon), **(noise or {})), self._imagine_start(post))
+    states = models.sequential_scan(step, dict(step=tf.range(self._c.horizon), **(noise or {})), self._imagine_start(post))
     return self.dynamics.get_feat(states)
 
   def _imagine_start(self, post):
@@ -627,7 +627,9 @@ def main(config):
       return False
 
     episodes = tools.Episodes(train_dir)
-    dataset = tools.make_dataset(episodes, config.batch_size, config.batch_length, config.dataset_balance, config.seed)
+    dataset = tools.make_dataset(
+        episodes, config.batch_size, config.batch_length, config.dataset_balance, config.seed,
+        read_ahead=not config.deterministic)
     # Each worker reads its own episodes: no sharding across workers.
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF

@@ -60,7 +60,7 @@ class RSSM(Module):
     if state is None:
       state = self.initial(tf.shape(action)[0])
     inputs = tf.nest.map_structure(swap, dict(action=action, embed=embed, noise=noise or {}))
-    post, prior = tf.scan(
+    post, prior = sequential_scan(
         lambda prev, x: self.obs_step(prev[0], x['action'], x['embed'], x['noise']),
         inputs, (state, state))
     return tf.nest.map_structure(swap, post), tf.nest.map_structure(swap, prior)
@@ -69,7 +69,7 @@ class RSSM(Module):
     """Prior states [B, T, ...] from open-loop actions [B, T, A]."""
     if state is None:
       state = self.initial(tf.shape(action)[0])
-    prior = tf.scan(self.img_step, swap(action), state)
+    prior = sequential_scan(self.img_step, swap(action), state)
     return tf.nest.map_structure(swap, prior)
 
   def get_feat(self, state):
@@ -115,6 +115,14 @@ class RSSM(Module):
       return tf.random.normal(shape, dtype=dtype)
     shared = tf.random.normal(tf.concat([[1], shape[1:]], 0), dtype=dtype)
     return tf.broadcast_to(shared, shape)
+
+
+def sequential_scan(step, elems, initializer):
+  """tf.scan that runs its steps strictly one after another. A step's random draw
+  has a static shape and needs nothing from the loop state, so with tf.scan's
+  default of 10 parallel iterations the draws of later steps may run first, and
+  which step gets which noise would depend on thread timing (--deterministic)."""
+  return tf.scan(step, elems, initializer, parallel_iterations=1)
 
 
 def swap(x):

@@ -212,10 +212,13 @@ class Episodes:
 
 
 def make_dataset(episodes, batch_size, batch_length, balance=False, seed=0,
-                 rescan_every=100):
+                 rescan_every=100, read_ahead=True):
   """Batches of [batch_size, batch_length] windows from `Episodes` (SPEC 7). One
   generator chooses the windows in order, rescanning the folder for new files
-  every `rescan_every` windows; parallel tf.data calls decompress them."""
+  every `rescan_every` windows; parallel tf.data calls decompress them. With
+  `read_ahead` False (--deterministic) no window is chosen before its batch is
+  asked for, so which episodes a rescan sees depends on the run alone, not on
+  how far a background thread got while the environments were stepping."""
   episodes.update()
   example = episodes.sample(np.random.default_rng(seed), batch_length)
   keys = sorted(example)
@@ -239,6 +242,11 @@ def make_dataset(episodes, batch_size, batch_length, balance=False, seed=0,
 
   signature = (tf.TensorSpec((), tf.string), tf.TensorSpec((), tf.int64))
   dataset = tf.data.Dataset.from_generator(choices, output_signature=signature)
+  if not read_ahead:
+    options = tf.data.Options()  # Without the rewrites that read ahead.
+    options.experimental_optimization.inject_prefetch = False
+    options.experimental_optimization.map_and_batch_fusion = False
+    return dataset.map(load).batch(batch_size, drop_remainder=True).with_options(options)
   dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE)
   dataset = dataset.batch(batch_size, drop_remainder=True)
   return dataset.prefetch(tf.data.AUTOTUNE)
@@ -348,7 +356,8 @@ def cem(objective, shape, iterations, candidates, top):
     return keep(tf.reduce_mean(elite, 1)), keep(tf.math.reduce_std(elite, 1))
 
   start = (tf.zeros(tf.stack(shape)), tf.ones(tf.stack(shape)))
-  mean, _ = tf.while_loop(lambda mean, std: True, refit, start, maximum_iterations=iterations)
+  # One iteration after another, so each draws its noise in turn (models.sequential_scan).
+  mean, _ = tf.while_loop(lambda mean, std: True, refit, start, maximum_iterations=iterations, parallel_iterations=1)
   return mean
 
 

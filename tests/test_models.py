@@ -80,6 +80,19 @@ def test_rssm_uses_given_noise_exactly():
   np.testing.assert_array_equal(post['stoch'].numpy(), again['stoch'].numpy())
 
 
+def test_rssm_loops_run_one_step_at_a_time():
+  # A step's noise needs nothing from the loop state; only a loop without parallel
+  # iterations draws it in step order, the same in every run (--deterministic).
+  rssm = models.RSSM(stoch=5, deter=7, hidden=9)
+  embed, action = sequences(2, 3)
+  observe = tf.function(rssm.observe).get_concrete_function(tf.constant(embed), tf.constant(action))
+  init = rssm.initial(2)
+  imagine = tf.function(rssm.imagine).get_concrete_function(tf.constant(action), init)
+  for function in (observe, imagine):
+    loops = [op for op in function.graph.get_operations() if op.type in ('While', 'StatelessWhile')]
+    assert loops and all(op.get_attr('parallel_iterations') == 1 for op in loops)
+
+
 def test_encoder_and_decoder_shapes():
   encoder = models.ConvEncoder(depth=32)
   embed = encoder(tf.zeros([2, 3, 64, 64, 3]))

@@ -2,6 +2,7 @@ import functools
 import gc
 import json
 import pathlib
+import time
 import tracemalloc
 import types
 import warnings
@@ -159,7 +160,8 @@ def test_one_hot_sample_is_one_hot_with_straight_through_gradient():
   with tf.GradientTape() as tape:
     sample = tools.OneHotDist(logits).sample()
     loss = tf.reduce_sum(sample * tf.constant([[1.0, 2.0, 3.0]]))
-  assert sorted(sample.numpy()[0].tolist()) == [0.0, 0.0, 1.0]
+  # sample + probs - stop_gradient(probs) is one-hot up to float32 rounding.
+  np.testing.assert_allclose(sorted(sample.numpy()[0].tolist()), [0.0, 0.0, 1.0], atol=1e-6)
   grad = tape.gradient(loss, logits).numpy()
   # The gradient is that of sum(probs * w): softmax Jacobian times w.
   probs = tf.nn.softmax(logits).numpy()[0]
@@ -326,6 +328,50 @@ def test_dataset_sees_episodes_written_later(tmp_path):
   tools.save_episode(tmp_path, second)
   seen = {float(next(batches)['reward'][0, 0]) for _ in range(60)}
   assert seen == {0.0, 1.0}
+
+
+class CountingEpisodes(tools.Episodes):
+  """Episodes that count the windows chosen from them."""
+
+  def __init__(self, directory):
+    super().__init__(directory)
+    self.chosen = 0
+
+  def choose(self, *args, **kwargs):
+    self.chosen += 1
+    return super().choose(*args, **kwargs)
+
+
+@pytest.mark.parametrize('read_ahead', [False, True])
+def test_dataset_reads_ahead_only_when_asked_to(tmp_path, read_ahead):
+  tools.save_episode(tmp_path, random_episode(20, np.random.default_rng(0)))
+  episodes = CountingEpisodes(tmp_path)
+  batches = iter(tools.make_dataset(episodes, batch_size=3, batch_length=10, read_ahead=read_ahead))
+  next(batches)
+  time.sleep(1.0)  # Time for a background thread to choose more windows.
+  # make_dataset chooses one window to learn the shapes.
+  if read_ahead:
+    assert episodes.chosen > 1 + 3
+  else:
+    assert episodes.chosen == 1 + 3
+
+
+def test_dataset_without_read_ahead_sees_a_new_episode_at_the_next_rescan(tmp_path):
+  rng = np.random.default_rng(0)
+  first = random_episode(10, rng)
+  first['reward'][:] = 0
+  tools.save_episode(tmp_path, first)
+  episodes = tools.Episodes(tmp_path)
+  batches = iter(tools.make_dataset(episodes, batch_size=1, batch_length=10, rescan_every=4, read_ahead=False))
+  rewards = [float(next(batches)['reward'][0, 0]) for _ in range(3)]
+  second = random_episode(10, rng)
+  second['reward'][:] = 1
+  tools.save_episode(tmp_path, second)
+  time.sleep(0.5)
+  # Window 4 still comes from the first scan; the rescan before window 5 finds the second.
+  rewards += [float(next(batches)['reward'][0, 0]) for _ in range(40)]
+  assert rewards[:4] == [0.0] * 4
+  assert 1.0 in rewards[4:]
 
 
 def smooth_episode(length, rng):
