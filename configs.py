@@ -13,7 +13,7 @@ import textwrap
 import runs
 import wrappers
 
-# Every setting with its default (SPEC 2-8). The command line is generated from it.
+# Every setting with its default (ALGORITHM 11.1). The command line is generated from it.
 DEFAULTS = dict(
     # Run.
     logdir='', mode='train', task='dmc_walker_walk', seed=0, steps=int(5e6), eval_every=int(1e4),
@@ -52,16 +52,16 @@ PRESETS = dict(
     cpu=dict(cnn_depth=16, num_units=200, batch_size=10, layer_impl='fast'),
     # The behaviour of the authors' TF2 code, behind the published curves (README,
     # Code behind the published curves): one RSSM noise vector per step for the
-    # whole batch (SPEC 3), and a first training phase of 101 updates (their
+    # whole batch (ALGORITHM 2.5), and a first training phase of 101 updates (their
     # constructor trains once to build the optimiser, then pretrains 100).
     tf2_code=dict(batch_noise='shared', pretrain=101),
     # The authors' TF1 code, behind the paper's numbers: free nats clipped per step
-    # (SPEC 3) and Adam epsilon 1e-4 (SPEC 6).
+    # (ALGORITHM 3.2) and Adam epsilon 1e-4 (ALGORITHM 6).
     tf1_code=dict(free_nats_per_step=True, adam_epsilon=1e-4),
-    # Atari (SPEC 8; README, Atari): action repeat 4, episodes up to the emulator's
-    # cap of 108000 frames, the continuation head for lost lives (SPEC 3-4), KL
+    # Atari (ALGORITHM 9.2; README, Atari): action repeat 4, episodes up to the emulator's
+    # cap of 108000 frames, the continuation head for lost lives (ALGORITHM 2.4, 4.1), KL
     # scale 0.1, horizon 10, tanh-squashed training rewards, a one-hot actor
-    # (SPEC 5) and epsilon-greedy exploration. As the authors' TF1 code runs Atari
+    # (ALGORITHM 5.2) and epsilon-greedy exploration. As the authors' TF1 code runs Atari
     # (scripts/configs.py, discrete and pcont; tools/schedule.py, linear): 100
     # updates per collection of at least 500 agent steps and one whole episode, a
     # prefill of at least 5 episodes and 2500 agent steps, the continuation loss

@@ -1,4 +1,4 @@
-"""Networks of the world model (SPEC 3) and of behaviour learning (SPEC 4-5)."""
+"""Networks of the world model (ALGORITHM 2) and of behaviour learning (ALGORITHM 4-5)."""
 
 import numpy as np
 import tensorflow as tf
@@ -27,12 +27,12 @@ class Module(tf.Module):
 
 
 def as_float32(x):
-  """Distributions and losses stay float32 under mixed precision (SPEC 6)."""
+  """Distributions and losses stay float32 under mixed precision (ALGORITHM 6)."""
   return tf.cast(x, tf.float32)
 
 
 class RSSM(Module):
-  """Recurrent state-space model: state = dict(mean, std, stoch, deter) (SPEC 3)."""
+  """Recurrent state-space model: state = dict(mean, std, stoch, deter) (ALGORITHM 2.1)."""
 
   def __init__(self, stoch=30, deter=200, hidden=200, act='elu', min_std=0.1, batch_noise='independent'):
     super().__init__()
@@ -55,7 +55,7 @@ class RSSM(Module):
 
   def observe(self, embed, action, state=None, noise=None):
     """Posterior and prior states [B, T, ...] of a sequence; action[:, t] led to
-    the observation embedded in embed[:, t] (SPEC 7 alignment). `noise`, if given,
+    the observation embedded in embed[:, t] (ALGORITHM 7.1 alignment). `noise`, if given,
     is dict(prior=, post=) of the standard-normal draws [B, T, stoch] to use."""
     if state is None:
       state = self.initial(tf.shape(action)[0])
@@ -109,8 +109,8 @@ class RSSM(Module):
 
   def noise(self, shape, dtype=tf.float32):
     """Standard-normal draws of `shape` [B, ...] for the stochastic state: independent
-    for every batch element (SPEC 3), or with batch_noise 'shared' one vector that
-    every batch element uses, as the authors' TF2 code drew it (issue 15)."""
+    for every batch element (ALGORITHM 2.5), or with batch_noise 'shared' one vector that
+    every batch element uses, as the authors' TF2 code drew it (ALGORITHM 12.1)."""
     if self._batch_noise == 'independent':
       return tf.random.normal(shape, dtype=dtype)
     shared = tf.random.normal(tf.concat([[1], shape[1:]], 0), dtype=dtype)
@@ -131,7 +131,7 @@ def swap(x):
 
 
 class ConvEncoder(Module):
-  """64x64x3 -> 4 convs, kernel 4, stride 2 -> flattened 32 x depth (SPEC 3)."""
+  """64x64x3 -> 4 convs, kernel 4, stride 2 -> flattened 32 x depth (ALGORITHM 2.2)."""
 
   def __init__(self, depth=32, act='relu'):
     super().__init__()
@@ -183,7 +183,7 @@ LAYERS = dict(
 
 
 class ConvDecoder(Module):
-  """Features -> Normal(mean image, 1) over 64x64x3 pixels (SPEC 3)."""
+  """Features -> Normal(mean image, 1) over 64x64x3 pixels (ALGORITHM 2.3)."""
 
   def __init__(self, depth=32, act='relu', shape=(64, 64, 3), layers='keras'):
     super().__init__()
@@ -205,7 +205,7 @@ class ConvDecoder(Module):
 
 class DenseHead(Module):
   """MLP -> Normal(mean, 1), Normal(mean, std) with a learned std (the contrastive
-  state model, SPEC 10) or Bernoulli(logits) over `shape` (SPEC 3-4). The learned
+  state model, ALGORITHM 3.3) or Bernoulli(logits) over `shape` (ALGORITHM 2.4). The learned
   std is softplus(x) + min_std, or with `init_std` softplus(x + softplus^-1(init_std))
   + min_std, which starts near init_std + min_std."""
 
@@ -243,7 +243,7 @@ ONE_HOT_GRADIENTS = dict(onehot='straight', onehot_score='score')
 
 class ActionHead(Module):
   """Actor: tanh-transformed diagonal Normal, or one-hot with a straight-through or
-  score-function gradient (SPEC 5)."""
+  score-function gradient (ALGORITHM 5.2)."""
 
   def __init__(self, size, layers=4, units=400, dist='tanh_normal', act='elu',
                min_std=1e-4, init_std=5.0, mean_scale=5.0):

@@ -31,7 +31,7 @@ MAX_SCORE = 1000.0  # The most a DMC episode of 1000 env steps can return.
 STEPS = (1.05e5, 5.05e5, 1.005e6, 4.905e6)
 
 
-# One logdir: episodes, config, metrics (SPEC 7).
+# One logdir: episodes, config, metrics (ALGORITHM 7).
 
 def episode_length(filename):
   """Rows of an episode (transitions including the first), read from its name."""
@@ -39,7 +39,7 @@ def episode_length(filename):
 
 
 def count_steps(directory, action_repeat):
-  """Env steps collected so far: sum of (length - 1) x action_repeat (SPEC 7)."""
+  """Env steps collected so far: sum of (length - 1) x action_repeat (ALGORITHM 7.3)."""
   files = pathlib.Path(directory).glob('*.npz')
   return sum((episode_length(f) - 1) * action_repeat for f in files)
 

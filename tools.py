@@ -21,15 +21,15 @@ import tensorflow_probability as tfp
 import tf_keras as keras
 import zstandard
 
-from runs import count_steps, episode_length  # TF-free, shared with the scripts (SPEC 7).
+from runs import count_steps, episode_length  # TF-free, shared with the scripts (ALGORITHM 7).
 
 tfd = tfp.distributions
 
-# Keys every stored episode has (SPEC 7); the dataset serves only these.
+# Keys every stored episode has (ALGORITHM 7.1); the dataset serves only these.
 EPISODE_KEYS = ('image', 'action', 'reward', 'discount')
 
 
-# Episodes on disk (SPEC 7).
+# Episodes on disk (ALGORITHM 7).
 
 def save_episode(directory, episode):
   """Write one episode as `<timestamp>-<uuid>-<length>.npz`, atomically: a reader
@@ -188,7 +188,7 @@ class Episodes:
 
   def choose(self, rng, length, balance=False):
     """(name, start) of a window of `length` rows: a uniformly chosen episode
-    among those long enough, a uniform start (SPEC 7)."""
+    among those long enough, a uniform start (ALGORITHM 7.2)."""
     if length not in self._eligible:
       self._eligible[length] = [name for name, e in self.episodes.items() if e.length >= length]
     names = self._eligible[length]
@@ -213,7 +213,7 @@ class Episodes:
 
 def make_dataset(episodes, batch_size, batch_length, balance=False, seed=0,
                  rescan_every=100, read_ahead=True):
-  """Batches of [batch_size, batch_length] windows from `Episodes` (SPEC 7). One
+  """Batches of [batch_size, batch_length] windows from `Episodes` (ALGORITHM 7.2). One
   generator chooses the windows in order, rescanning the folder for new files
   every `rescan_every` windows; parallel tf.data calls decompress them. With
   `read_ahead` False (--deterministic) no window is chosen before its batch is
@@ -328,7 +328,7 @@ def image_to_float(image):
   return tf.math.divide_no_nan(tf.cast(image, tf.float32), 255.0) - 0.5
 
 
-# Behaviour learning math (SPEC 4).
+# Behaviour learning math (ALGORITHM 4).
 
 def lambda_return(reward, value, pcont, bootstrap, lambda_):
   """Lambda-returns over time-major inputs [T, ...] (paper eq. 6):
@@ -361,7 +361,7 @@ def cem(objective, shape, iterations, candidates, top):
   return mean
 
 
-# Representation learning math (SPEC 10).
+# Representation learning math (ALGORITHM 3).
 
 def log_density_matrix(z, mean, std):
   """[N, N] log-densities log q(z_i | o_j) at [i, j] of states z [N, D] under the
@@ -403,11 +403,11 @@ def info_nce_window(log_q, batch, length, sequences=10, shifts=30):
   return tf.linalg.diag_part(log_q) - tf.reduce_logsumexp(window, 1)
 
 
-# Distributions (SPEC 5).
+# Distributions (ALGORITHM 5).
 
 class ClippedTanh(tfp.bijectors.Tanh):
   """tanh whose inverse clips |y| below 1 so saturated samples keep a finite
-  log-prob (SPEC 5). The largest float32 below 1 is 1 - 6e-8."""
+  log-prob (ALGORITHM 5.1). The largest float32 below 1 is 1 - 6e-8."""
 
   def _inverse(self, y):
     bound = np.nextafter(np.float32(1), np.float32(0))
@@ -416,7 +416,7 @@ class ClippedTanh(tfp.bijectors.Tanh):
 
 class SampleDist:
   """Mode, mean and entropy of a distribution without closed forms, estimated
-  from `samples` reparameterized samples (SPEC 5)."""
+  from `samples` reparameterized samples (ALGORITHM 5.1)."""
 
   def __init__(self, dist, samples=100):
     self._dist = dist
@@ -428,7 +428,7 @@ class SampleDist:
   def sample(self, sample_shape=(), seed=None, noise=None):
     """A reparameterized sample. `noise`, standard-normal draws of the batch and
     event shape, replaces the sampler's own: for the tanh-Normal it is
-    tanh(mean + std * noise) (SPEC 5)."""
+    tanh(mean + std * noise) (ALGORITHM 5.1)."""
     if noise is None:
       return self._dist.sample(sample_shape, seed)
     transformed = self._dist.distribution  # Independent(TransformedDistribution(Normal)).
@@ -451,7 +451,7 @@ class SampleDist:
 
 class UnitNormal(tfd.Independent):
   """Normal(loc, 1) over the last `ndims` axes: the decoder's image distribution
-  (SPEC 3). log_prob has TFP's values and gradients, but its backward pass keeps
+  (ALGORITHM 2.3). log_prob has TFP's values and gradients, but its backward pass keeps
   one loc-sized tensor where TFP's keeps four (0.3 GB of a 50x50 image batch)."""
 
   def __init__(self, loc, ndims):
@@ -476,7 +476,7 @@ class UnitNormal(tfd.Independent):
 
 
 class OneHotDist(tfd.OneHotCategorical):
-  """One-hot categorical whose samples carry a gradient for the logits (SPEC 5).
+  """One-hot categorical whose samples carry a gradient for the logits (ALGORITHM 5.2).
   'straight': straight-through, sample + probs - stop_gradient(probs), as the paper
   (section 3) and the authors' TF2 code describe it; 'score': the score function,
   sample * exp(log p(sample) - stop_gradient(log p(sample))), so that d f(sample) =
@@ -503,11 +503,11 @@ class OneHotDist(tfd.OneHotCategorical):
     return sample + probs - tf.stop_gradient(probs)
 
 
-# Optimisation (SPEC 6).
+# Optimisation (ALGORITHM 6).
 
 class Optimizer(tf.Module):
   """Adam with global-norm clipping and optional decoupled weight decay (AdamW) on
-  the variables whose names match `wd_pattern` (SPEC 6). Works in a tf.distribute
+  the variables whose names match `wd_pattern` (ALGORITHM 6). Works in a tf.distribute
   replica context: gradients are summed across replicas before clipping, so they
   equal the single-device ones. With `loss_scaling` (float16) a Keras
   LossScaleOptimizer scales the loss and skips non-finite steps itself."""

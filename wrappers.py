@@ -191,7 +191,7 @@ class Discrete:
 
 
 class Atari:
-  """An Atari game as in the paper's appendix (SPEC 8): sticky actions, each
+  """An Atari game as in the paper's appendix (ALGORITHM 9.2): sticky actions, each
   action held for `action_repeat` frames with the image the pixel-wise max of
   the last two (Atari sprites flicker between frames), resized to `size` RGB,
   1 to `noops` (at least 1) random no-op frames after every reset, and the
@@ -433,7 +433,7 @@ class Collect(Wrapper):
 
 def make_env(task, action_repeat=2, time_limit=1000, size=(64, 64), seed=None, train=True, min_rows=0):
   """Builds 'dmc_<domain>_<task>' or 'atari_<game>' with the paper's wrappers.
-  A lost Atari life ends only training episodes (SPEC 8); evaluation plays
+  A lost Atari life ends only training episodes (ALGORITHM 9.2); evaluation plays
   whole games. Training episodes last at least `min_rows` rows (`MinimumLength`)."""
   suite, _, name = task.partition('_')
   if suite == 'dmc':

@@ -1,4 +1,4 @@
-"""The paper's ablation studies as dreamer.py commands (SPEC 4 and 10; README,
+"""The paper's ablation studies as dreamer.py commands (ALGORITHM 4.4 and 3; README,
 Variants and ablations).
 
 Usage:

@@ -4,8 +4,8 @@ training step for porters (docs/REFERENCE.md).
 Usage: python scripts/golden_numpy.py golden.npz
 
 From the file's weights, batch and noise alone it recomputes, in float64, the world
-model's forward pass and loss (SPEC 3), the imagination rollout and the behaviour losses
-(SPEC 4-5), and compares them with the stored float32 outputs. Gradient norms and
+model's forward pass and loss (ALGORITHM 2-3), the imagination rollout and the behaviour losses
+(ALGORITHM 4-5), and compares them with the stored float32 outputs. Gradient norms and
 updated weights are checked by `scripts/golden.py check` only. Prints the largest
 absolute and relative error of every quantity; exits 0 when all are within tolerance,
 1 when one is not, 2 when the file cannot be used. Imports no TensorFlow.
@@ -131,7 +131,7 @@ def verdict(failed):
   return 0
 
 
-# The networks (SPEC 3, 5). Weight names and layouts: docs/REFERENCE.md, Weights.
+# The networks (ALGORITHM 2, 5). Weight names and layouts: docs/REFERENCE.md, Weights.
 
 def elu(x):
   return np.where(x > 0, x, np.expm1(np.minimum(x, 0)))
@@ -219,7 +219,7 @@ def stoch_state(x, noise, min_std=0.1):
 
 
 def img_step(w, act, prev, action, noise):
-  """Prior: Dense(elu), GRU, Dense(elu), Dense(2 stoch) -> mean, std, sample (SPEC 3)."""
+  """Prior: Dense(elu), GRU, Dense(elu), Dense(2 stoch) -> mean, std, sample (ALGORITHM 2.1)."""
   x = dense(w, 'rssm/img1', np.concatenate([prev['stoch'], action], -1), act)
   deter = gru(w, x, prev['deter'])
   prior = stoch_state(dense(w, 'rssm/img3', dense(w, 'rssm/img2', deter, act)), noise)
@@ -239,7 +239,7 @@ def feat(state):
 
 
 def world_model(w, c, batch, noise):
-  """Forward pass and loss of the world model on the batch (SPEC 3)."""
+  """Forward pass and loss of the world model on the batch (ALGORITHM 2-3)."""
   act = ACTIVATIONS[c['dense_act']]
   image = batch['image'] / 255.0 - 0.5
   reward = np.tanh(batch['reward']) if c['clip_rewards'] == 'tanh' else batch['reward']
@@ -249,7 +249,7 @@ def world_model(w, c, batch, noise):
   state = dict(mean=np.zeros((B, c['stoch_size'])), std=np.zeros((B, c['stoch_size'])),
                stoch=np.zeros((B, c['stoch_size'])), deter=np.zeros((B, c['deter_size'])))
   posts, priors = [], []
-  for t in range(T):  # action[:, t] led to the observation of row t (SPEC 7).
+  for t in range(T):  # action[:, t] led to the observation of row t (ALGORITHM 7.1).
     state, prior = obs_step(w, act, state, batch['action'][:, t], embed[:, t],
                             noise['observe/prior'][:, t], noise['observe/post'][:, t])
     posts.append(state)
@@ -283,7 +283,7 @@ def world_model(w, c, batch, noise):
 
 def actor(w, c, f, noise):
   """tanh(mean + std noise), mean = 5 tanh(raw / 5), std = softplus(raw_std +
-  softplus^-1(init_std)) + 1e-4 (SPEC 5)."""
+  softplus^-1(init_std)) + 1e-4 (ALGORITHM 5.1)."""
   mean, raw_std = np.split(mlp(w, 'actor', f, ACTIVATIONS[c['dense_act']]), 2, -1)
   mean = 5 * np.tanh(mean / 5)
   std = softplus(raw_std + np.log(np.expm1(c['action_init_std']))) + 1e-4
@@ -291,7 +291,7 @@ def actor(w, c, f, noise):
 
 
 def imagine(w, c, post, noise):
-  """H prior steps from every posterior state with the actor's actions (SPEC 4)."""
+  """H prior steps from every posterior state with the actor's actions (ALGORITHM 4.1)."""
   act = ACTIVATIONS[c['dense_act']]
   if c['pcont']:  # The last step may be terminal.
     post = {k: v[:, :-1] for k, v in post.items()}
@@ -305,7 +305,7 @@ def imagine(w, c, post, noise):
 
 
 def behaviour(w, c, imag_feat):
-  """Lambda-returns, weights, actor and value losses (SPEC 4, paper eq. 6-8)."""
+  """Lambda-returns, weights, actor and value losses (ALGORITHM 4.2-4.3, paper eq. 6-8)."""
   act = ACTIVATIONS[c['dense_act']]
   reward = mlp(w, 'reward', imag_feat, act)[..., 0]
   if c['pcont']:

@@ -4,7 +4,7 @@ Usage:
   python scripts/sweep.py --root logdir [--tasks dmc_walker_walk ...] [--seeds 0 1 2 3 4]
       [--method dreamer] [--jobs 1] [--devices 0,1] [--status | --dry-run] [dreamer.py flags]
 
-The default grid is the paper's 20 DMC tasks (SPEC 8) x seeds 0-4. Every flag this
+The default grid is the paper's 20 DMC tasks (ALGORITHM 9.1) x seeds 0-4. Every flag this
 script does not know goes to dreamer.py unchanged (e.g. `--configs debug --steps 400`),
 after dreamer.py's own parser (configs.build_parser) has accepted it: a misspelt flag or
 a bad value is an error before anything starts. At most --jobs runs at once; --devices

@@ -55,7 +55,7 @@ def test_debug_config_run_writes_positive_numbers(tmp_path):
   assert ops['world_model_forward_backward'] > ops['world_model_forward'] > 0
   assert ops['behaviour_forward_backward'] > ops['imagination_forward'] + ops['behaviour_losses_forward']
   assert ops['train_step'] > ops['world_model_forward_backward'] + ops['behaviour_forward_backward']
-  # Every convolution, with the shapes SPEC 3's layers give at cnn_depth 4.
+  # Every convolution, with the shapes ALGORITHM 2.2-2.3's layers give at cnn_depth 4.
   layers = parts['conv_layers']
   assert {name: layer['shape'] for name, layer in layers.items()} == {
       'encoder h0': '64x64x3 -> 31x31x4', 'encoder h1': '31x31x4 -> 14x14x8',

@@ -415,7 +415,7 @@ def test_store_reports_its_bytes_the_compressed_chunks_plus_arrays(tmp_path):
   tracemalloc.stop()
   held = sum(stat.size for stat in snapshot.statistics('filename'))
   # Independently: zstd level 9 of every 10 frames, plus the other stored keys
-  # (the loader keeps the keys of SPEC 7 only, not `position`).
+  # (the loader keeps the keys of ALGORITHM 7.1 only, not `position`).
   expected = sum(
       len(zstandard.compress(e['image'][i: i + 10].tobytes(), 9)) for e in saved for i in range(0, len(e['image']), 10))
   expected += sum(e[key].nbytes for e in saved for key in ('action', 'reward', 'discount'))

@@ -398,7 +398,7 @@ print(json.dumps(results))
   assert results['process'] == results['none']
 
 
-# Atari (SPEC 8). The wrapper runs in a worker; the references are ale-py
+# Atari (ALGORITHM 9.2). The wrapper runs in a worker; the references are ale-py
 # emulators driven directly here, without sticky actions, so they replay the
 # worker's game frame by frame.
 
