@@ -39,6 +39,76 @@ DEFAULTS = dict(
     expl_amount=0.3, expl_schedule='half_life', expl_decay=0.0, expl_min=0.0, eval_noise=0.0,
 )
 
+# One short description per setting: the --help text and the README's flag table.
+HELP = dict(
+    logdir='folder of the run: episodes, checkpoints, config and metrics',
+    mode='train, or eval: play episodes with the newest checkpoint, train nothing',
+    task="dmc_DOMAIN_TASK ('cup' means ball_in_cup) or atari_GAME",
+    seed='random seed of the agent and the environments',
+    steps='env steps to collect in all',
+    eval_every='env steps between evaluations',
+    eval_episodes='noise-free test episodes averaged per evaluation',
+    log_every='env steps between logged scalars',
+    log_images='write prediction and episode GIFs',
+    video_every='env steps between GIFs',
+    checkpoints='checkpoints to keep',
+    deterministic='seed everything and use op determinism: repeated runs write the same metrics',
+    nonfinite_patience='non-finite updates in a row after which the run stops',
+    precision='compute precision: 32, 16 (mixed float16) or bf16',
+    strategy='tf.distribute strategy: default (one device), mirrored or multi_worker',
+    envs='training environments stepped together',
+    parallel='where each environment runs: its own process, a thread, or none (in line)',
+    action_repeat='env steps per agent action',
+    time_limit='env steps per episode',
+    prefill='env steps of random actions before training',
+    prefill_episodes='and at least this many whole random episodes',
+    clip_rewards='training reward squashing: none or tanh',
+    deter_size='deterministic (GRU) state size',
+    stoch_size='stochastic state size',
+    num_units='width of the dense heads',
+    cnn_depth='channels of the first convolution (then x2, x4, x8)',
+    dense_act='activation of the dense layers',
+    cnn_act='activation of the convolutions',
+    pcont='learn a continuation (discount) head',
+    free_nats='KL below this many nats is not penalised',
+    free_nats_per_step='clip the KL per time step before averaging (TF1 code)',
+    kl_scale='weight of the KL term',
+    pcont_scale='weight of the continuation log-likelihood',
+    batch_noise="RSSM noise: independent per sequence, or shared by the batch (TF2 code)",
+    objective='what the world model learns from images',
+    layer_impl='keras layers as the authors build them, or fast: the same math for CPUs',
+    batch_size='sequences per batch',
+    batch_length='steps per sequence',
+    train_every='env steps collected between training phases',
+    collect_episodes='and at least this many whole episodes finished between phases',
+    train_steps='updates per training phase',
+    pretrain='updates in the first training phase',
+    model_lr='world-model learning rate',
+    value_lr='value learning rate',
+    actor_lr='actor learning rate',
+    adam_epsilon="Adam's epsilon",
+    grad_clip='global gradient-norm clip',
+    weight_decay='decoupled weight decay',
+    weight_decay_pattern='regex of the variable names weight decay applies to',
+    dataset_balance='bias sampled windows towards episode ends',
+    behavior='how actions are learned: dreamer, no_value, or planet (online planning)',
+    discount='discount gamma',
+    disclam='lambda of the lambda-returns',
+    horizon='imagination horizon',
+    planet_horizon='planning horizon of planet',
+    planet_iterations='CEM iterations of planet',
+    planet_candidates='action sequences per CEM iteration',
+    planet_top='best candidates refit per CEM iteration',
+    action_dist='actor distribution: tanh_normal, or onehot / onehot_score (discrete)',
+    action_init_std="actor's initial std",
+    expl='exploration while collecting',
+    expl_amount='exploration noise std or epsilon',
+    expl_schedule='half_life: expl_decay is a half-life in env steps; linear: over expl_decay updates',
+    expl_decay='exploration decay (0: none)',
+    expl_min='exploration floor',
+    eval_noise='exploration noise during evaluation',
+)
+
 # Named overrides, applied in order by --configs.
 PRESETS = dict(
     # The whole loop in about a minute on 2 CPU cores.
@@ -127,8 +197,15 @@ def build_parser(argv=None, exit_on_error=True):
                                    exit_on_error=exit_on_error)
   types = {bool: to_bool, int: to_int, float: float, str: str}
   for key, value in defaults.items():
-    parser.add_argument(f'--{key}', type=types[type(DEFAULTS[key])], default=value, choices=CHOICES.get(key))
+    parser.add_argument(f'--{key}', type=types[type(DEFAULTS[key])], default=value, choices=CHOICES.get(key), help=HELP[key])
   return parser
+
+
+def flag_table():
+  """The README's flag table, from DEFAULTS, HELP and CHOICES."""
+  choices = {key: f' ({", ".join(values)})' for key, values in CHOICES.items()}
+  rows = [f'| `{key}` | {DEFAULTS[key]!r} | {HELP[key]}{choices.get(key, "")} |' for key in DEFAULTS]
+  return '\n'.join(['| flag | default | what it sets |', '|---|---|---|'] + rows)
 
 
 def parse_args(argv=None):
