@@ -108,7 +108,7 @@ ISA_FEATURES = ('avx2', 'avx512f', 'avx512_bf16', 'avx512_fp16', 'amx_tile', 'am
 # The child: one config's train step, policy step and FLOPs in a fresh process.
 
 def make_config(name, precision='32'):
-  import dreamer  # noqa: F401 (first: filters TensorFlow's start-up messages)
+  import tf_startup  # noqa: F401 (first: filters TensorFlow's start-up messages)
   import configs
   presets = [] if name == 'paper' else ['--configs', name]
   with tempfile.TemporaryDirectory() as logdir:  # parse_args checks that it is writable.

@@ -26,6 +26,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import numpy as np
+
+import tf_startup  # noqa: F401 (first: imports TensorFlow with its start-up messages filtered)
 import tensorflow as tf
 import tf_keras as keras
 

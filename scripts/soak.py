@@ -27,7 +27,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import dreamer  # noqa: E402,F401 (after the path set-up): imports TensorFlow with its start-up messages filtered.
+import tf_startup  # noqa: E402,F401 (after the path set-up): imports TensorFlow with its start-up messages filtered.
 import tools  # noqa: E402
 
 COMMAND = [sys.executable, str(ROOT / 'dreamer.py'), '--configs', 'debug', '--task', 'dmc_cartpole_balance', '--log_images', 'False', '--checkpoints', '2']
