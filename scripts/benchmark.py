@@ -35,7 +35,7 @@ breakdown  In the same child: the parts of one train step as separate tf.functio
         over random episodes; dreamer.py prefetches it alongside training), and each
         convolution of the encoder and decoder alone, forward+backward, with its GFLOP/s
         (conv_layers).
-policy  In the same child: dreamer.Policy(agent, True, expl_amount) on a batch of 1 (one
+policy  In the same child: Policy(agent, True, expl_amount) on a batch of 1 (one
         tf.function call plus the action's conversion to numpy), median of many calls.
 flops   In the same child, FLOPs of one train step counted three ways:
         analytic    flop_count.analytic_flops(); the fraction of peak uses it. The issue's
@@ -254,9 +254,10 @@ def input_pipeline(config, batches, episodes=3):
 def child(name, precision, parts, steps, policy_calls):
   import tensorflow as tf
   import dreamer
+  from agent import Dreamer, Policy
   config = make_config(name, precision)
   dreamer.setup_devices(config)  # The mixed-precision policy.
-  agent = dreamer.Dreamer(config, flop_count.ACTIONS)
+  agent = Dreamer(config, flop_count.ACTIONS)
   shape = [config.batch_size, config.batch_length]
   batch = dict(
       image=tf.cast(tf.random.uniform(shape + [64, 64, 3], 0, 256, tf.int32), tf.uint8),
@@ -289,7 +290,7 @@ def child(name, precision, parts, steps, policy_calls):
     out['breakdown']['input_pipeline_s'] = input_pipeline(config, steps)
     out['breakdown']['conv_layers'] = conv_layers(agent, config.batch_size * config.batch_length, steps)
   if 'policy' in parts:
-    policy = dreamer.Policy(agent, True, config.expl_amount)
+    policy = Policy(agent, True, config.expl_amount)
     obs = {'image': np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), np.uint8)}
     state = None
     def act(reset=np.array([False])):
@@ -424,10 +425,10 @@ def policy_split(env, steps, rounds=2):
   """The env loop `simulate` on one worker, with the paper config's acting network (what
   collection runs) and with a zero-cost policy, alternating in `rounds` so that drift in
   the machine's speed hits both alike."""
-  import dreamer
+  from agent import Dreamer, Policy
   from wrappers import simulate
-  agent = dreamer.Dreamer(make_config('paper'), env.act_space.shape[0])
-  policy = dreamer.Policy(agent, True, 0.3)
+  agent = Dreamer(make_config('paper'), env.act_space.shape[0])
+  policy = Policy(agent, True, 0.3)
   calls = []
 
   def agent_policy(*args):

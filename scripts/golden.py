@@ -31,6 +31,7 @@ import tf_startup  # noqa: F401 (first: imports TensorFlow with its start-up mes
 import tensorflow as tf
 import tf_keras as keras
 
+from agent import Dreamer, random_policy
 import dreamer
 import configs
 import golden_numpy
@@ -95,7 +96,7 @@ def rollout_batch(config, directory):
   ctor = functools.partial(wrappers.make_env, config.task, config.action_repeat, config.time_limit, seed=config.seed)
   env = wrappers.Parallel(ctor, 'process')
   try:
-    policy = dreamer.random_policy(env.act_space, config.seed)
+    policy = random_policy(env.act_space, config.seed)
     wrappers.simulate(policy, [env], episodes=1, callbacks=[functools.partial(tools.save_episode, directory)])
   finally:
     env.close()
@@ -145,7 +146,7 @@ def write(out_path, flags):
     batch = rollout_batch(config, pathlib.Path(logdir) / 'episodes')
   config.logdir = ''
   dreamer.seed_everything(config)
-  agent = dreamer.Dreamer(config, batch['action'].shape[-1])
+  agent = Dreamer(config, batch['action'].shape[-1])
   noise = draw_noise(config, batch['action'].shape[-1])
   arrays = {'format_version': np.array(golden_numpy.FORMAT_VERSION), 'config': np.array(json.dumps(vars(config)))}
   arrays.update({f'weights/{k}': v for k, v in file_weights(agent).items()})
@@ -165,7 +166,7 @@ def check(path):
   problem = unsupported(config)
   if problem:
     raise golden_numpy.GoldenError(problem)
-  agent = dreamer.Dreamer(config, golden['batch']['action'].shape[-1])
+  agent = Dreamer(config, golden['batch']['action'].shape[-1])
   load_weights(agent, golden['weights'])
   draws = golden['noise']
   noise = dict(observe=dict(prior=draws['observe/prior'], post=draws['observe/post']),

@@ -83,11 +83,11 @@ def test_train_part_runs_without_onednn_whose_allocator_keeps_the_only_statistic
 
 def test_conv_layers_run_in_the_precision_of_the_agent():
   import tf_keras as keras
-  import dreamer
+  from agent import Dreamer
   config = benchmark.make_config('debug', 'bf16')
   keras.mixed_precision.set_global_policy('mixed_bfloat16')
   try:
-    layers = benchmark.conv_layers(dreamer.Dreamer(config, flop_count.ACTIONS), frames=2, rounds=1)
+    layers = benchmark.conv_layers(Dreamer(config, flop_count.ACTIONS), frames=2, rounds=1)
   finally:
     keras.mixed_precision.set_global_policy('float32')
   assert len(layers) == 8 and all(layer['gflops'] > 0 for layer in layers.values())

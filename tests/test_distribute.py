@@ -14,8 +14,9 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-import dreamer
+from agent import Dreamer, Policy
 import configs
+import dreamer
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -43,17 +44,18 @@ MIRRORED_SCRIPT = textwrap.dedent('''
     cpu = tf.config.list_physical_devices('CPU')[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     sys.path[:0] = [sys.argv[1], sys.argv[1] + '/tests']
-    import dreamer, tools
+    from agent import Dreamer
+    import tools
     from test_distribute import config_for, batch_for
     import pathlib
     # Remove sampling noise: replicas draw other random numbers than one device.
     tf.random.normal = lambda shape, mean=0.0, stddev=1.0, dtype=tf.float32, seed=None, name=None: tf.zeros(shape, dtype)
     tools.SampleDist.sample = lambda self, *args, **kwargs: tf.tanh(self._dist.distribution.distribution.loc)
     config = config_for(pathlib.Path(sys.argv[2]))
-    single = dreamer.Dreamer(config, 2)
+    single = Dreamer(config, 2)
     strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
     with strategy.scope():
-      mirrored = dreamer.Dreamer(config, 2)
+      mirrored = Dreamer(config, 2)
     for a, b in zip(single.variables, mirrored.variables):
       b.assign(a)
     batch = batch_for(config)
@@ -95,7 +97,7 @@ def precision_policy():
 def test_mixed_precision_train_step_has_finite_float32_losses(tmp_path, precision_policy, precision, policy):
   precision_policy(policy)
   config = config_for(tmp_path, '--precision', precision)
-  agent = dreamer.Dreamer(config, 2)
+  agent = Dreamer(config, 2)
   assert agent.encoder.trainable_variables[0].dtype == tf.float32  # Float32 master weights.
   scales = []
   for _ in range(12):  # float16: the loss scale halves until gradients fit (2^15 at start).
@@ -108,7 +110,7 @@ def test_mixed_precision_train_step_has_finite_float32_losses(tmp_path, precisio
   assert all(np.isfinite(float(v)) for v in metrics.values()), metrics
   assert ('model_loss_scale' in metrics) == (precision == '16')
   assert scales == sorted(scales, reverse=True)
-  action, _ = dreamer.Policy(agent, True, 0.3)({'image': batch_for(config)['image'][:, 0]}, np.ones(4, bool), None)
+  action, _ = Policy(agent, True, 0.3)({'image': batch_for(config)['image'][:, 0]}, np.ones(4, bool), None)
   assert action.dtype == np.float32 and np.isfinite(action).all()
 
 
@@ -116,7 +118,7 @@ def test_mixed_precision_train_step_has_finite_float32_losses(tmp_path, precisio
 def test_injected_inf_gradient_skips_update_and_keeps_weights(tmp_path, precision_policy, precision, policy):
   precision_policy(policy)
   config = config_for(tmp_path, '--precision', precision)
-  agent = dreamer.Dreamer(config, 2)
+  agent = Dreamer(config, 2)
   world = agent._optimizers()[0][1]
   before = [v.numpy().copy() for v in world]
   batch = batch_for(config)

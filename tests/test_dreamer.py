@@ -5,8 +5,9 @@ import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-import dreamer
+from agent import Dreamer, Policy, exploration_amount, reward_returns
 import configs
+import dreamer
 
 tfd = tfp.distributions
 
@@ -35,7 +36,7 @@ def model_loss(agent, config, batch):
 
 def test_free_nats_clip_active_below_threshold_and_inactive_above():
   config = tiny_config()
-  agent = dreamer.Dreamer(config, 2)
+  agent = Dreamer(config, 2)
   batch = random_batch(config)
   _, metrics = model_loss(agent, config, batch)
   likes = metrics['image_loss'] + metrics['reward_loss']
@@ -51,7 +52,7 @@ def test_free_nats_clip_active_below_threshold_and_inactive_above():
 
 def test_free_nats_per_step_clips_each_step_before_averaging():
   config = tiny_config('--free_nats_per_step', 'True')
-  agent = dreamer.Dreamer(config, 2)
+  agent = Dreamer(config, 2)
   batch = random_batch(config)
   tf.random.set_seed(0)
   data = agent.preprocess(batch)
@@ -65,7 +66,7 @@ def test_free_nats_per_step_clips_each_step_before_averaging():
 
 def test_behaviour_losses_match_numpy_lambda_returns_and_discount_weights():
   config = tiny_config('--discount', '0.9', '--disclam', '0.8')
-  agent = dreamer.Dreamer(config, 2)
+  agent = Dreamer(config, 2)
   feat = tf.random.normal([5, 7, config.stoch_size + config.deter_size])
   actor_loss, value_loss, _ = agent._behaviour_losses(feat)
   reward = agent.reward(feat).mean().numpy()
@@ -91,7 +92,7 @@ def changed(before, modules):
 
 def test_actor_gradient_reaches_dynamics_but_only_actor_optimiser_updates_actor():
   config = tiny_config('--model_lr', '0', '--value_lr', '0')
-  agent = dreamer.Dreamer(config, 2)
+  agent = Dreamer(config, 2)
   world = [agent.encoder, agent.dynamics, agent.decoder, agent.reward]
   data = agent.preprocess(random_batch(config))
   with tf.GradientTape(persistent=True) as tape:
@@ -116,7 +117,7 @@ def test_actor_gradient_reaches_dynamics_but_only_actor_optimiser_updates_actor(
 def test_train_step_losses_finite_and_model_loss_falls_on_fixed_batch():
   tf.random.set_seed(0)
   config = tiny_config('--model_lr', '3e-3')
-  agent = dreamer.Dreamer(config, 2)
+  agent = Dreamer(config, 2)
   batch = random_batch(config)
   batch['image'][:] = np.linspace(0, 255, 64, dtype=np.uint8)[:, None, None]  # Learnable.
   # The image loss of a unit-variance Normal is at least 0.5 log(2 pi) per pixel.
@@ -132,12 +133,12 @@ def test_train_step_losses_finite_and_model_loss_falls_on_fixed_batch():
 
 def test_train_and_policy_are_traced_once():
   config = tiny_config()
-  agent = dreamer.Dreamer(config, 2)
+  agent = Dreamer(config, 2)
   for seed in range(3):
     agent.train(random_batch(config, seed=seed))
   assert agent.train.experimental_get_tracing_count() == 1
-  policy = dreamer.Policy(agent, sample=True, amount=0.3)
-  evaluate = dreamer.Policy(agent, sample=False, amount=0.0)
+  policy = Policy(agent, sample=True, amount=0.3)
+  evaluate = Policy(agent, sample=False, amount=0.0)
   state = None
   rng = np.random.default_rng(0)
   for step in range(4):
@@ -149,9 +150,9 @@ def test_train_and_policy_are_traced_once():
 
 def test_policy_reset_zeroes_state_of_that_environment_only():
   config = tiny_config()
-  agent = dreamer.Dreamer(config, 2)
+  agent = Dreamer(config, 2)
   image = np.zeros((2, 64, 64, 3), np.uint8)
-  policy = dreamer.Policy(agent, sample=False, amount=0.0)
+  policy = Policy(agent, sample=False, amount=0.0)
   _, state = policy({'image': image}, np.array([True, True]), None)
   fresh = agent.initial_state(2)
   _, (latent, _) = policy({'image': image}, np.array([True, False]), state)
@@ -168,14 +169,14 @@ def test_policy_reset_zeroes_state_of_that_environment_only():
 ])
 def test_exploration_modes(expl, check):
   config = tiny_config('--expl', expl)
-  agent = dreamer.Dreamer(config, 2)
+  agent = Dreamer(config, 2)
   action = agent._explore(tf.zeros([2000, 2]), tf.constant(0.3)).numpy()
   assert check(action)
 
 
 def test_epsilon_greedy_replaces_a_fraction_of_actions_with_random_one_hots():
   config = tiny_config('--expl', 'epsilon_greedy', '--action_dist', 'onehot')
-  agent = dreamer.Dreamer(config, 4)
+  agent = Dreamer(config, 4)
   greedy = tf.one_hot(tf.zeros([4000], tf.int32), 4)
   action = agent._explore(greedy, tf.constant(0.4)).numpy()
   assert np.all(action.sum(-1) == 1)
@@ -185,9 +186,9 @@ def test_epsilon_greedy_replaces_a_fraction_of_actions_with_random_one_hots():
 
 def test_exploration_amount_decays_by_half_life_to_floor():
   config = tiny_config('--expl_amount', '0.4', '--expl_decay', '1000', '--expl_min', '0.15')
-  assert dreamer.exploration_amount(config, 0, 50) == pytest.approx(0.4)
-  assert dreamer.exploration_amount(config, 1000, 50) == pytest.approx(0.2)
-  assert dreamer.exploration_amount(config, 5000, 50) == pytest.approx(0.15)
+  assert exploration_amount(config, 0, 50) == pytest.approx(0.4)
+  assert exploration_amount(config, 1000, 50) == pytest.approx(0.2)
+  assert exploration_amount(config, 5000, 50) == pytest.approx(0.15)
 
 
 def test_atari_exploration_falls_linearly_in_updates_as_the_tf1_schedule_does():
@@ -196,14 +197,14 @@ def test_atari_exploration_falls_linearly_in_updates_as_the_tf1_schedule_does():
   # TF1: 0.4 * max(0.25, 1 - step / 1e7) with its step counting 50 per update.
   for updates in (0, 1000, 75000, 149000, 150000, 400000):
     expected = 0.4 * max(0.25, 1 - 50 * updates / 1e7)
-    assert dreamer.exploration_amount(config, 123456, updates) == pytest.approx(expected, rel=1e-6)
-  assert dreamer.exploration_amount(config, 0, 75000) == pytest.approx(0.25)  # Half way, whatever the env steps.
+    assert exploration_amount(config, 123456, updates) == pytest.approx(expected, rel=1e-6)
+  assert exploration_amount(config, 0, 75000) == pytest.approx(0.25)  # Half way, whatever the env steps.
 
 
 def test_reward_returns_are_discounted_sums_of_all_h_rewards_from_each_step_by_hand():
   reward = tf.constant([[1.0], [2.0], [3.0]])
   pcont = tf.constant([[0.5], [0.5], [0.5]])
-  returns, weights = dreamer.reward_returns(reward, None, pcont, 0.95)
+  returns, weights = reward_returns(reward, None, pcont, 0.95)
   # R_2 = 3; R_1 = 2 + 0.5 * 3 = 3.5; R_0 = 1 + 0.5 * 3.5 = 2.75.
   np.testing.assert_allclose(returns.numpy()[:, 0], [2.75, 3.5, 3.0])
   np.testing.assert_array_equal(weights.numpy(), np.ones((3, 1)))
@@ -211,7 +212,7 @@ def test_reward_returns_are_discounted_sums_of_all_h_rewards_from_each_step_by_h
 
 def test_no_value_ablation_maximises_the_discounted_returns_of_all_imagined_rewards():
   config = tiny_config('--behavior', 'no_value', '--discount', '0.9')
-  agent = dreamer.Dreamer(config, 2)
+  agent = Dreamer(config, 2)
   assert agent.value is None
   feat = tf.random.normal([5, 3, config.stoch_size + config.deter_size])
   actor_loss, value_loss, metrics = agent._behaviour_losses(feat)
@@ -224,7 +225,7 @@ def test_no_value_ablation_maximises_the_discounted_returns_of_all_imagined_rewa
 
 def test_pcont_head_is_trained_and_drops_last_start_state():
   config = tiny_config('--pcont', 'True')
-  agent = dreamer.Dreamer(config, 2)
+  agent = Dreamer(config, 2)
   data = agent.preprocess(random_batch(config))
   _, post, metrics = agent._model_loss(data)
   assert 'pcont_loss' in metrics
@@ -235,7 +236,7 @@ def test_pcont_head_is_trained_and_drops_last_start_state():
 
 def test_shared_batch_noise_shares_imagined_state_noise_but_not_the_actors():
   config = tiny_config('--batch_noise', 'shared')
-  agent = dreamer.Dreamer(config, 2)
+  agent = Dreamer(config, 2)
   data = agent.preprocess(random_batch(config))
   _, post, _ = agent._model_loss(data)
   same = {k: tf.repeat(v[:1, :1], 3, 0) for k, v in post.items()}  # Three equal start states.
@@ -252,7 +253,7 @@ def test_shared_batch_noise_shares_imagined_state_noise_but_not_the_actors():
 
 def test_train_step_with_given_noise_is_reproducible_and_depends_on_it():
   config = tiny_config()
-  agent = dreamer.Dreamer(config, 2)
+  agent = Dreamer(config, 2)
   batch = random_batch(config)
   rng = np.random.default_rng(3)
   b, t, n, s = config.batch_size, config.batch_length, config.batch_size * config.batch_length, config.stoch_size
@@ -318,8 +319,8 @@ def reference_train(agent, config, batch):
 
 def test_train_step_matches_straightforward_formulation():
   config = tiny_config('--batch_length', '5')
-  fast = dreamer.Dreamer(config, 2)
-  slow = dreamer.Dreamer(config, 2)
+  fast = Dreamer(config, 2)
+  slow = Dreamer(config, 2)
   for a, b in zip(fast.variables, slow.variables):
     b.assign(a)
   batch = random_batch(config)
@@ -331,14 +332,14 @@ def test_train_step_matches_straightforward_formulation():
     assert float(metrics[name]) == pytest.approx(float(value), rel=1e-5), name
   for a, b in zip(fast.trainable_variables, slow.trainable_variables):
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6, err_msg=a.name)
-  assert any(not np.allclose(a.numpy(), b.numpy()) for a, b in zip(fast.trainable_variables, dreamer.Dreamer(config, 2).trainable_variables))
+  assert any(not np.allclose(a.numpy(), b.numpy()) for a, b in zip(fast.trainable_variables, Dreamer(config, 2).trainable_variables))
 
 
 def test_action_entropy_is_logged_from_the_updated_actor_on_the_batchs_posterior():
   """As the authors' TF2 code logs it: after all three updates. The one-hot actor's
   entropy has a closed form, so the logged value can be recomputed exactly."""
   config = tiny_config('--action_dist', 'onehot', '--actor_lr', '0.05')
-  agent = dreamer.Dreamer(config, 3)
+  agent = Dreamer(config, 3)
   batch = random_batch(config, action_size=3)
   rng = np.random.default_rng(0)
   shape = (config.batch_size, config.batch_length, config.stoch_size)
@@ -459,7 +460,7 @@ def sigmoid_log_likelihood(logits, target):
 def test_pcont_targets_are_zero_at_an_early_terminal_and_imagined_weights_drop_after_it():
   tf.random.set_seed(0)
   config = tiny_config('--pcont', 'True', '--model_lr', '3e-3', '--discount', '0.9')
-  agent = dreamer.Dreamer(config, 2)
+  agent = Dreamer(config, 2)
   batch = random_batch(config)
   batch['discount'][0, -1] = 0  # Sequence 0 is an episode that ends early, at its last row.
   # World model: the continuation target is discount * gamma (SPEC 3), 0 at the terminal.
@@ -517,7 +518,7 @@ class ShiftedActionModel:
 
 def test_planner_returns_the_action_of_maximal_reward_for_each_start_state(monkeypatch):
   config = tiny_config('--behavior', 'planet')  # PlaNet's CEM: horizon 12, 10 x 1000, top 100.
-  agent = dreamer.Dreamer(config, 2)
+  agent = Dreamer(config, 2)
   assert agent.actor is None and agent.value is None
   model = ShiftedActionModel([0.5, -0.2])
   monkeypatch.setattr(agent, 'dynamics', model)
@@ -530,15 +531,15 @@ def test_planner_returns_the_action_of_maximal_reward_for_each_start_state(monke
 
 def test_planet_trains_the_world_model_only_and_plans_in_the_compiled_policy():
   config = tiny_config('--behavior', 'planet', '--planet_candidates', '30', '--planet_top', '5')
-  agent = dreamer.Dreamer(config, 2)
+  agent = Dreamer(config, 2)
   assert [opt.name for opt, _ in agent._optimizers()] == ['model']
   metrics = agent.train(random_batch(config))
   assert not any(k.startswith(('actor_', 'value_', 'action_', 'imag_')) for k in metrics)
   assert np.isfinite(float(metrics['model_loss']))
   image = np.zeros((2, 64, 64, 3), np.uint8)
-  action, state = dreamer.Policy(agent, True, 0.0)({'image': image}, np.array([True, True]), None)
+  action, state = Policy(agent, True, 0.0)({'image': image}, np.array([True, True]), None)
   assert action.shape == (2, 2) and np.all(np.abs(action) <= 1)
-  dreamer.Policy(agent, False, 0.3)({'image': image}, np.array([False, False]), state)
+  Policy(agent, False, 0.3)({'image': image}, np.array([False, False]), state)
   assert agent.policy_step.experimental_get_tracing_count() == 1
 
 
@@ -552,7 +553,7 @@ def numpy_info_nce(z, mean, std):
 
 def test_contrastive_loss_is_infonce_of_the_posterior_states_over_the_batch():
   config = tiny_config('--objective', 'contrastive')
-  agent = dreamer.Dreamer(config, 2)
+  agent = Dreamer(config, 2)
   assert agent.decoder is None
   data = agent.preprocess(random_batch(config))
   rng = np.random.default_rng(0)
@@ -576,7 +577,7 @@ def numpy_info_nce_over_states(feat, mean, std):
 
 def test_contrastive_tf1_predicts_the_whole_state_and_normalises_over_states_for_each_image():
   config = tiny_config('--objective', 'contrastive_tf1')  # 3 x 6 batch: the 10 x 30 window covers it.
-  agent = dreamer.Dreamer(config, 2)
+  agent = Dreamer(config, 2)
   assert agent.decoder is None
   assert sorted(agent.state_model.named_layers()) == ['h0', 'h1', 'h2', 'out']
   data = agent.preprocess(random_batch(config))
@@ -598,9 +599,9 @@ def test_contrastive_tf1_predicts_the_whole_state_and_normalises_over_states_for
 
 
 def test_reward_objective_creates_trains_and_saves_no_decoder(tmp_path):
-  full = dreamer.Dreamer(tiny_config(), 2)
+  full = Dreamer(tiny_config(), 2)
   config = tiny_config('--objective', 'reward')
-  agent = dreamer.Dreamer(config, 2)
+  agent = Dreamer(config, 2)
   assert agent.decoder is None and agent.state_model is None and agent.openloop is None
   decoder_count = len(full.decoder.trainable_variables)
   assert len(agent._optimizers()[0][1]) == len(full._optimizers()[0][1]) - decoder_count
