@@ -277,7 +277,6 @@ SWEEP_START = 'sweep: started dreamer.py at {time}'
 SWEEP_END = 'sweep: dreamer.py {outcome} after {seconds:.1f} s'
 SWEEP_STOPPED = 'was stopped by the sweep'  # Ctrl-C: the logdir stays resumable.
 SWEEP_MACHINE = 'sweep: machine '  # Followed by machine() as JSON, and the GPU the run was given.
-_SWEEP_STARTED = SWEEP_START.split('{')[0]
 _SWEEP_END = re.compile(r'^sweep: dreamer\.py (exited with code (-?\d+)|' + SWEEP_STOPPED + r') after ([\d.]+) s$')
 
 

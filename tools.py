@@ -10,6 +10,7 @@ import os
 import pathlib
 import re
 import shutil
+import sys
 import time
 import uuid
 import warnings
@@ -313,7 +314,7 @@ class Checkpoints:
         tf.train.Checkpoint(**objects).read(path).assert_existing_objects_matched()
         return folder
       except Exception as e:  # Any unreadable checkpoint: try the previous one.
-        warnings.warn(f'Checkpoint {folder} cannot be restored ({type(e).__name__}); using the one before it.')
+        print(f'Warning: checkpoint {folder} cannot be restored ({type(e).__name__}); using the one before it.', file=sys.stderr)
     return None
 
 

@@ -121,7 +121,7 @@ class DeepMindControl:
   """A dm_control suite task. Its observations are the task's own; `render()`
   draws the camera image, which `RenderImage` adds once per agent step."""
 
-  def __init__(self, name, size=(64, 64), camera=None, seed=None):
+  def __init__(self, name, size=(64, 64), seed=None):
     tasks = dmc_tasks()
     if name not in tasks:
       raise _task_error('dmc_' + name)
@@ -129,7 +129,7 @@ class DeepMindControl:
     domain, task = tasks[name]
     self._env = suite.load(domain, task, task_kwargs={'random': seed})
     self._size = tuple(size)
-    self._camera = (2 if domain == 'quadruped' else 0) if camera is None else camera
+    self._camera = 2 if domain == 'quadruped' else 0
     self.image_space = Box(0, 255, self._size + (3,), np.uint8)
     try:
       self.render()
@@ -349,22 +349,6 @@ class TimeLimit(Wrapper):
     return obs, reward, done, info
 
 
-class RewardObs(Wrapper):
-  """Adds the last reward to the observation as obs['reward']."""
-
-  @property
-  def obs_space(self):
-    return {**self._env.obs_space, 'reward': Box(-np.inf, np.inf, ())}
-
-  def reset(self):
-    return {**self._env.reset(), 'reward': np.array(0.0, np.float32)}
-
-  def step(self, action):
-    obs, reward, done, info = self._env.step(action)
-    obs = {**obs, 'reward': np.array(reward, np.float32)}
-    return obs, reward, done, info
-
-
 class OneHot(Box):
   """One-hot vectors of size `n`; samples are uniformly chosen one-hot vectors."""
 
@@ -400,10 +384,9 @@ class Collect(Wrapper):
   arriving there and the discount; row 0 has a zero action and reward 0.
   """
 
-  def __init__(self, env, callbacks=(), precision=32):
+  def __init__(self, env, callbacks=()):
     super().__init__(env)
     self._callbacks = callbacks
-    self._float = {16: np.float16, 32: np.float32, 64: np.float64}[precision]
     self._rows = None
 
   def reset(self):
@@ -427,7 +410,7 @@ class Collect(Wrapper):
   def _stack(self, values):
     values = np.array(values)
     if np.issubdtype(values.dtype, np.floating):
-      return values.astype(self._float)
+      return values.astype(np.float32)
     return values
 
 
@@ -447,7 +430,7 @@ def make_env(task, action_repeat=2, time_limit=1000, size=(64, 64), seed=None, t
   if train and min_rows > 1:
     env = MinimumLength(env, min_rows - 1)
   env = TimeLimit(env, time_limit // action_repeat)
-  return Collect(RewardObs(env))
+  return Collect(env)
 
 
 def _apply(env, name, args):
@@ -460,18 +443,18 @@ class Parallel:
   ('thread') or in a fresh interpreter ('process'). step() and reset()
   return promises; resolve each one before making the next call."""
 
-  def __init__(self, ctor, strategy):
+  def __init__(self, ctor, isolation):
     self.process = None
     self._pool = None
-    if strategy == 'none':
+    if isolation == 'none':
       self._env = ctor()
-    elif strategy == 'thread':
+    elif isolation == 'thread':
       self._pool = concurrent.futures.ThreadPoolExecutor(1)
       self._env = self._pool.submit(ctor).result()
-    elif strategy == 'process':
+    elif isolation == 'process':
       self._start(ctor)
     else:
-      raise ValueError(f"Unknown strategy {strategy!r}: use 'none', 'thread' or 'process'.")
+      raise ValueError(f"Unknown isolation {isolation!r}: use 'none', 'thread' or 'process'.")
     self.obs_space = self._call('obs_space')()
     self.act_space = self._call('act_space')()
 

@@ -280,7 +280,7 @@ class ShortLives:
 def test_a_prefill_of_short_lives_gives_training_windows_that_end_at_their_terminals(tmp_path):
   def prefill(folder, min_rows):
     game = wrappers.MinimumLength(ShortLives(), min_rows - 1) if min_rows else ShortLives()
-    env = wrappers.Parallel(lambda: wrappers.Collect(wrappers.RewardObs(wrappers.TimeLimit(game, 1000))), 'none')
+    env = wrappers.Parallel(lambda: wrappers.Collect(wrappers.TimeLimit(game, 1000)), 'none')
     random = lambda obs, reset, state: (np.random.uniform(-1, 1, (1, 1)).astype(np.float32), None)
     wrappers.simulate(random, [env], steps=100, callbacks=[functools.partial(tools.save_episode, folder)])
     episodes = tools.Episodes(folder)

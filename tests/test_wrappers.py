@@ -162,14 +162,6 @@ def test_make_env_keeps_training_episodes_of_short_lives_until_they_hold_min_row
   assert all(list(e['discount']) == [1] * (len(e['reward']) - 1) + [0] for e in episodes)
 
 
-def test_reward_obs_is_zero_at_reset_then_last_reward():
-  env = wrappers.RewardObs(FakeEnv())
-  assert env.obs_space['reward'].shape == ()
-  assert env.reset()['reward'] == 0
-  obs = env.step([0.0])[0]
-  assert obs['reward'] == 1 and obs['reward'].dtype == np.float32
-
-
 def test_one_hot_action_passes_index_and_rejects_non_one_hot():
   inner = FakeEnv()
   inner.act_space = types.SimpleNamespace(n=3)
@@ -185,7 +177,7 @@ def test_one_hot_action_passes_index_and_rejects_non_one_hot():
 
 def test_collect_aligns_row_t_with_action_reward_and_discount_leading_to_obs_t():
   episodes = []
-  env = wrappers.Collect(wrappers.RewardObs(FakeEnv(length=3)), [episodes.append])
+  env = wrappers.Collect(FakeEnv(length=3), [episodes.append])
   env.reset()
   for value in (0.1, 0.2):
     env.step(np.array([value], np.float32))
@@ -226,7 +218,7 @@ def test_dmc_cartpole_in_worker_renders_images_and_ends_after_time_limit():
     assert (env.act_space.low, env.act_space.high) == (-1, 1)
     obs = env.reset()()
     assert obs['image'].shape == (64, 64, 3) and obs['image'].dtype == np.uint8
-    assert obs['image'].std() > 0 and obs['reward'] == 0
+    assert obs['image'].std() > 0
     assert obs['position'].dtype == np.float32
     dones = []
     for _ in range(10):
@@ -242,13 +234,13 @@ def test_dmc_cartpole_in_worker_renders_images_and_ends_after_time_limit():
 @pytest.mark.usefixtures('importable_tests')
 def test_none_thread_and_process_strategies_give_same_results():
   results = {}
-  for strategy in ('none', 'thread', 'process'):
-    env = wrappers.Parallel(functools.partial(FakeEnv, length=2), strategy)
+  for isolation in ('none', 'thread', 'process'):
+    env = wrappers.Parallel(functools.partial(FakeEnv, length=2), isolation)
     steps = [env.reset()()] + [env.step(np.array([0.5], np.float32))() for _ in range(2)]
-    results[strategy] = (env.act_space.shape, env.obs_space['image'].shape, steps)
+    results[isolation] = (env.act_space.shape, env.obs_space['image'].shape, steps)
     env.close()
-  for strategy in ('thread', 'process'):
-    assert repr(results[strategy]) == repr(results['none'])
+  for isolation in ('thread', 'process'):
+    assert repr(results[isolation]) == repr(results['none'])
 
 
 @pytest.mark.usefixtures('importable_tests')
@@ -345,7 +337,7 @@ def test_unusable_renderer_error_names_mujoco_gl_and_fixes(monkeypatch):
 
 
 def fake_collecting_env(length):
-  return wrappers.Collect(wrappers.RewardObs(FakeEnv(length=length)))
+  return wrappers.Collect(FakeEnv(length=length))
 
 
 def test_simulate_counts_steps_delivers_episodes_and_resumes_mid_episode():
@@ -378,13 +370,13 @@ import functools, json, sys
 import numpy as np
 import wrappers
 results = {}
-for strategy in ('none', 'process'):
-  envs = [wrappers.Parallel(functools.partial(wrappers.make_env, 'dmc_cartpole_balance', 2, 20, seed=seed), strategy) for seed in (0, 1)]
+for isolation in ('none', 'process'):
+  envs = [wrappers.Parallel(functools.partial(wrappers.make_env, 'dmc_cartpole_balance', 2, 20, seed=seed), isolation) for seed in (0, 1)]
   rng = np.random.default_rng(0)
   episodes = []
   policy = lambda obs, reset, state: (rng.uniform(-1, 1, (len(reset), 1)), None)
   wrappers.simulate(policy, envs, steps=40, callbacks=[episodes.append])
-  results[strategy] = [[float(e['reward'].sum()), int(e['image'].sum()), len(e['reward'])] for e in episodes]
+  results[isolation] = [[float(e['reward'].sum()), int(e['image'].sum()), len(e['reward'])] for e in episodes]
   for env in envs:
     env.close()
 print(json.dumps(results))
