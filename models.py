@@ -160,7 +160,7 @@ class Conv2DTranspose(keras.layers.Conv2DTranspose):
   first one) it is computed as the matmul it amounts to: the same weights,
   initialisation and math, with forward and backward passes 4.7x faster on CPU
   than oneDNN's transposed-convolution kernels, but summed in another order, so
-  its float32 results differ from Keras' in the last bits (README, Speed)."""
+  its float32 results differ from Keras' in the last bits (docs/SPEED.md)."""
 
   def call(self, x):
     if x.shape[1:3] != (1, 1) or self.padding != 'valid' or self.output_padding or self.dilation_rate != (1, 1):
@@ -175,7 +175,7 @@ class Conv2DTranspose(keras.layers.Conv2DTranspose):
 # How the layers are computed (--layer_impl), the one place for reformulations of
 # the same math: 'keras' builds them as the authors' code does, so that an update
 # rounds as theirs does (README, Golden reference file); 'fast' swaps in the
-# reformulations that run faster on CPU (README, Speed).
+# reformulations that run faster on CPU (docs/SPEED.md).
 LAYERS = dict(
     keras=dict(conv_transpose=keras.layers.Conv2DTranspose),
     fast=dict(conv_transpose=Conv2DTranspose),

@@ -116,7 +116,7 @@ def load_episode(filename):
   return episode
 
 
-# Frames per compressed chunk and the zstd level of the in-RAM replay (README,
+# Frames per compressed chunk and the zstd level of the in-RAM replay (docs/SPEED.md,
 # Memory): walker frames compress 4.1x in chunks of 25 at level 9, as with zlib
 # level 6 at the same compression speed, and decompress 4-6x faster than zlib.
 CHUNK, LEVEL = 25, 9
