@@ -12,22 +12,69 @@ import models
 import tools
 
 
-# The contrastive image terms of --objective (paper section 4): what the state model
-# predicts from the image embedding ('stoch' z_t or 'feat' s_t = [z_t, h_t]), its
-# layers of num_units and std (DenseHead's min_std, init_std), and the InfoNCE
-# normalisation.
-# `contrastive` is the paper's eq. 12 as written: normalised over the batch's images
-# for each state. `contrastive_tf1` is what the authors' TF1 code computes
-# (scripts/configs.py, cpc_head and cpc_contrast 'window'; training/utility.py,
-# compute_cpc_loss): normalised over a window of 10 sequences x 30 time shifts of
-# states for each image, the whole model state as the target, 3 layers, std
-# softplus(x + softplus^-1(1)) + 0.01.
-CONTRASTIVE = dict(
-    contrastive=dict(target='stoch', layers=2, min_std=0.1, init_std=None,
-                     nce=lambda log_q, batch, length: tools.info_nce(log_q)),
-    contrastive_tf1=dict(target='feat', layers=3, min_std=0.01, init_std=1.0,
-                         nce=lambda log_q, batch, length: tools.info_nce_window(log_q, batch, length, 10, 30)),
-)
+class Reconstruction:
+  """--objective reconstruction (ALGORITHM 3.1): the images' log-likelihood under a
+  decoder of the features."""
+
+  def __init__(self, c):
+    self.heads = dict(decoder=models.ConvDecoder(c.cnn_depth, c.cnn_act, layers=c.layer_impl))
+
+  def __call__(self, image, embed, post, feat):
+    """The log-likelihood terms and the golden file's outputs of the image term."""
+    dist = self.heads['decoder'](feat)
+    return dict(image=tf.reduce_mean(dist.log_prob(image))), dict(image_mean=dist.mean())
+
+
+class Contrastive:
+  """--objective contrastive (ALGORITHM 3.3): an InfoNCE bound of a state model
+  q(target | o_t) of the image embedding, paper eq. 12 as written: normalised over
+  the batch's images for each state. The target is z_t ('stoch') or s_t = [z_t, h_t]
+  ('feat'); the model has `layers` of num_units and DenseHead's min_std, init_std."""
+
+  target, layers, min_std, init_std = 'stoch', 2, 0.1, None
+
+  def __init__(self, c):
+    size = c.stoch_size + (c.deter_size if self.target == 'feat' else 0)
+    self.heads = dict(state_model=models.DenseHead(
+        (size,), self.layers, c.num_units, 'normal_std', c.dense_act, self.min_std, self.init_std))
+
+  def nce(self, log_q, batch, length):
+    return tools.info_nce(log_q)
+
+  def __call__(self, image, embed, post, feat):
+    flat = lambda x: tf.reshape(x, [-1, x.shape[-1]])  # Every observation of the batch.
+    target = models.as_float32(flat(feat if self.target == 'feat' else post['stoch']))
+    dist = self.heads['state_model'](flat(embed)).distribution  # Normal(loc, scale) [N, size].
+    log_q = tools.log_density_matrix(target, dist.loc, dist.scale)
+    return dict(contrastive=tf.reduce_mean(self.nce(log_q, *feat.shape[:2]))), {}
+
+
+class ContrastiveTF1(Contrastive):
+  """--objective contrastive_tf1 (ALGORITHM 3.3.1): what the authors' TF1 code computes
+  (scripts/configs.py, cpc_head and cpc_contrast 'window'; training/utility.py,
+  compute_cpc_loss): normalised over a window of 10 sequences x 30 time shifts of
+  states for each image, the whole model state as the target, 3 layers, std
+  softplus(x + softplus^-1(1)) + 0.01."""
+
+  target, layers, min_std, init_std = 'feat', 3, 0.01, 1.0
+
+  def nce(self, log_q, batch, length):
+    return tools.info_nce_window(log_q, batch, length, 10, 30)
+
+
+class RewardOnly:
+  """--objective reward (ALGORITHM 3.4): no image term."""
+
+  heads = {}
+
+  def __init__(self, c):
+    pass
+
+  def __call__(self, image, embed, post, feat):
+    return {}, {}
+
+
+OBJECTIVES = dict(reconstruction=Reconstruction, contrastive=Contrastive, contrastive_tf1=ContrastiveTF1, reward=RewardOnly)
 
 
 def lambda_returns(reward, value, pcont, lambda_):
@@ -40,7 +87,7 @@ def lambda_returns(reward, value, pcont, lambda_):
   return returns, weights
 
 
-def reward_returns(reward, value, pcont, lambda_):
+def reward_returns(reward, pcont):
   """The no-value ablation's returns (paper eq. 4, Fig. 4 and 7): from every imagined
   step t the discounted return of the H imagined rewards, R_t = r_t + c_t R_{t+1} with
   R_H = 0, each step weighted 1, as the authors' TF1 code's actor-only setting
@@ -51,12 +98,77 @@ def reward_returns(reward, value, pcont, lambda_):
   return returns, tf.ones_like(returns)
 
 
-# The returns the actor maximises, by --behavior (PlaNet's planner learns none).
-RETURNS = dict(dreamer=lambda_returns, no_value=reward_returns)
+def actor_head(c, action_size):
+  return models.ActionHead(action_size, 4, c.num_units, c.action_dist, c.dense_act, init_std=c.action_init_std)
+
+
+class ActorValue:
+  """--behavior dreamer (ALGORITHM 4.2-4.3): an actor that maximises lambda-returns
+  bootstrapped with a value head, which regresses them."""
+
+  def __init__(self, c, action_size):
+    self.heads = dict(actor=actor_head(c, action_size), value=models.DenseHead((), 3, c.num_units, 'normal', c.dense_act))
+
+  def act(self, agent, latent, sample):
+    dist = self.heads['actor'](agent.dynamics.get_feat(latent))
+    return tf.cond(sample, dist.sample, dist.mode)
+
+  def losses(self, imag_feat, reward, pcont, lambda_):
+    """Values, returns, weights and the actor and value losses (paper eq. 6-8)."""
+    value_dist = self.heads['value'](imag_feat)
+    value = value_dist.mode()
+    returns, weights = lambda_returns(reward, value, pcont, lambda_)
+    # Regresses v(f_t) on the stopped returns, first H-1 steps.
+    value_loss = -tf.reduce_mean(weights * value_dist[:-1].log_prob(tf.stop_gradient(returns)))
+    return dict(value=value, returns=returns, weights=weights, actor_loss=-tf.reduce_mean(weights * returns), value_loss=value_loss)
+
+
+class ActorOnly(ActorValue):
+  """--behavior no_value (ALGORITHM 4.4): the actor alone, maximising the discounted
+  returns of the imagined rewards."""
+
+  def __init__(self, c, action_size):
+    self.heads = dict(actor=actor_head(c, action_size))
+
+  def losses(self, imag_feat, reward, pcont, lambda_):
+    returns, weights = reward_returns(reward, pcont)
+    return dict(returns=returns, weights=weights, actor_loss=-tf.reduce_mean(weights * returns), value_loss=tf.constant(0.0))
+
+
+class Planner:
+  """--behavior planet (ALGORITHM 4.4): no actor or value; PlaNet's cross-entropy
+  method plans every action."""
+
+  heads = {}
+
+  def __init__(self, c, action_size):
+    self._c, self._action_size = c, action_size
+
+  def act(self, agent, latent, sample):
+    """The first of the action sequence that the cross-entropy method finds best for
+    the predicted rewards summed over planet_horizon imagined steps from the current
+    posterior state."""
+    c = self._c
+
+    def total_reward(actions):  # [B, N, H, A] candidate sequences -> [B, N].
+      batch, candidates = tf.shape(actions)[0], tf.shape(actions)[1]
+      start = {k: tf.repeat(v, candidates, 0) for k, v in latent.items()}
+      states = agent.dynamics.imagine(tf.reshape(actions, [-1, c.planet_horizon, self._action_size]), start)
+      reward = agent.reward(agent.dynamics.get_feat(states)).mode()
+      return tf.reshape(tf.reduce_sum(reward, 1), [batch, candidates])
+
+    shape = [tf.shape(latent['deter'])[0], c.planet_horizon, self._action_size]
+    return tools.cem(total_reward, shape, c.planet_iterations, c.planet_candidates, c.planet_top)[:, 0]
+
+
+BEHAVIORS = dict(dreamer=ActorValue, no_value=ActorOnly, planet=Planner)
 
 
 class Dreamer(tf.Module):
-  """World model, actor and value with their optimisers (SPEC 3-6)."""
+  """World model, behavior and their optimisers (ALGORITHM 2-6). The train step's
+  stages are public for the golden check and the benchmark: model_outputs and
+  model_loss, imagine_ahead, behavior_outputs and behavior_losses, gradients and
+  behavior_gradients."""
 
   def __init__(self, config, action_size):
     """Build under `strategy.scope()` to train with a tf.distribute strategy."""
@@ -65,26 +177,22 @@ class Dreamer(tf.Module):
     self._strategy = tf.distribute.get_strategy()
     self.encoder = models.ConvEncoder(c.cnn_depth, c.cnn_act)
     self.dynamics = models.RSSM(c.stoch_size, c.deter_size, c.deter_size, c.dense_act, batch_noise=c.batch_noise)
-    # The image term of the world-model loss (SPEC 10): a decoder, a state model or none.
-    self.decoder = models.ConvDecoder(c.cnn_depth, c.cnn_act, layers=c.layer_impl) if c.objective == 'reconstruction' else None
-    self._contrastive = CONTRASTIVE.get(c.objective)
-    self.state_model = None
-    if self._contrastive:
-      spec = self._contrastive
-      size = c.stoch_size + (c.deter_size if spec['target'] == 'feat' else 0)
-      self.state_model = models.DenseHead((size,), spec['layers'], c.num_units, 'normal_std', c.dense_act, spec['min_std'], spec['init_std'])
+    # The image term (ALGORITHM 3) and the behavior (ALGORITHM 4), chosen by the flags.
+    # Their heads are attributes of the agent, as in checkpoints: decoder or
+    # state_model; actor and value.
+    self.objective = OBJECTIVES[c.objective](c)
     self.reward = models.DenseHead((), 2, c.num_units, 'normal', c.dense_act)
     self.pcont = models.DenseHead((), 3, c.num_units, 'binary', c.dense_act) if c.pcont else None
-    # Behaviour (SPEC 4): actor and value, the actor alone (no value), or neither (PlaNet's planner).
-    self.value = models.DenseHead((), 3, c.num_units, 'normal', c.dense_act) if c.behavior == 'dreamer' else None
-    self.actor = None if c.behavior == 'planet' else models.ActionHead(
-        action_size, 4, c.num_units, c.action_dist, c.dense_act, init_std=c.action_init_std)
+    self.behavior = BEHAVIORS[c.behavior](c, action_size)
+    for name, head in {**self.objective.heads, **self.behavior.heads}.items():
+      setattr(self, name, head)
     optimizer = functools.partial(
         tools.Optimizer, eps=c.adam_epsilon, clip=c.grad_clip, wd=c.weight_decay,
         wd_pattern=c.weight_decay_pattern, loss_scaling=c.precision == '16')
     self.model_opt = optimizer('model', c.model_lr)
-    self.actor_opt = optimizer('actor', c.actor_lr)
-    self.value_opt = optimizer('value', c.value_lr)
+    learning_rates = dict(actor=c.actor_lr, value=c.value_lr)
+    for name in self.behavior.heads:  # actor_opt, value_opt: only for the behavior's heads.
+      setattr(self, f'{name}_opt', optimizer(name, learning_rates[name]))
     self.updates = tf.Variable(0, dtype=tf.int64, trainable=False)
     self._action_size = action_size
     self._build()
@@ -93,96 +201,104 @@ class Dreamer(tf.Module):
     graph_function = functools.partial(tf.function, autograph=False)
     self.train = graph_function(self._train)
     self.policy_step = graph_function(self._policy)
-    self.openloop = graph_function(self._openloop) if self.decoder else None
+    self.openloop = graph_function(self._openloop) if 'decoder' in self.objective.heads else None
 
   def _build(self):
     """Create every variable eagerly on a tiny batch, so that each compiled
     function is traced exactly once."""
     image = tf.zeros([1, 1, 64, 64, 3])
-    post, _ = self.dynamics.observe(self.encoder(image), tf.zeros([1, 1, self._action_size]))
+    embed = self.encoder(image)
+    post, _ = self.dynamics.observe(embed, tf.zeros([1, 1, self._action_size]))
     feat = self.dynamics.get_feat(post)
-    heads = [self.decoder, self.reward, self.actor, self.pcont, self.value]
-    for head in filter(None, heads):
-      head(feat)
-    if self.state_model:
-      self.state_model(self.encoder(image))
-    for opt, variables in self._optimizers():
+    heads = dict(reward=self.reward, pcont=self.pcont, **self.objective.heads, **self.behavior.heads)
+    # A head names its layers (dense_<n>) when first called: this order keeps the
+    # names, and the initial weights of a seed, of earlier versions.
+    for name in ('decoder', 'reward', 'actor', 'pcont', 'value'):
+      if heads.get(name):
+        heads[name](feat)
+    if 'state_model' in heads:
+      heads['state_model'](embed)
+    for opt, variables in self.optimizers().values():
       opt.build(variables)
 
-  def _optimizers(self):
-    """(optimiser, variables) of the world model, then of the actor and value if present."""
-    world_model = [self.encoder, self.dynamics, self.decoder, self.state_model, self.reward, self.pcont]
-    pairs = [(self.model_opt, world_model)]
-    pairs += [(opt, [head]) for opt, head in ((self.actor_opt, self.actor), (self.value_opt, self.value)) if head]
-    return [(opt, [v for m in filter(None, mods) for v in m.trainable_variables]) for opt, mods in pairs]
+  def optimizers(self):
+    """Name -> (optimiser, variables): the world model's ('model'), then those of
+    the behavior's heads ('actor', 'value')."""
+    world_model = [self.encoder, self.dynamics, *self.objective.heads.values(), self.reward, self.pcont]
+    modules = dict(model=world_model, **{name: [head] for name, head in self.behavior.heads.items()})
+    return {name: (getattr(self, f'{name}_opt'), [v for m in filter(None, mods) for v in m.trainable_variables])
+            for name, mods in modules.items()}
 
   def _train(self, data, noise=None):
     """One update of the world model, actor and value from one (distributed) batch:
     every replica computes gradients of its share, they are summed across replicas,
-    then each optimiser applies them unless they are not finite (SPEC 6). `noise`,
-    if given, holds every standard-normal draw of the step (see `_gradients`)."""
-    grads, metrics, feat = self._strategy.run(self._gradients, (data, noise))
+    then each optimiser applies them unless they are not finite (ALGORITHM 6).
+    `noise`, if given, holds every standard-normal draw of the step (see `gradients`)."""
+    grads, metrics, feat = self._strategy.run(self.gradients, (data, noise))
     metrics = {k: self._strategy.reduce('mean', v, axis=None) for k, v in metrics.items()}
-    for opt, variables in self._optimizers():
-      apply = functools.partial(self._strategy.run, opt.apply, (grads[opt.name], variables))
+    optimizers = self.optimizers()
+    for name, (opt, variables) in optimizers.items():
+      apply = functools.partial(self._strategy.run, opt.apply, (grads[name], variables))
       if opt.loss_scaling:  # The loss-scale optimiser (float16) skips non-finite steps itself.
         apply()
       else:
-        tf.cond(metrics[f'{opt.name}_skipped'] == 0, apply, lambda: None)
-    if self.actor:  # As the authors' TF2 code logs it: the updated actor on the batch's posterior.
+        tf.cond(metrics[f'{name}_skipped'] == 0, apply, lambda: None)
+    if 'actor' in optimizers:  # As the authors' TF2 code logs it: the updated actor on the batch's posterior.
       entropy = self._strategy.run(lambda f: tf.reduce_mean(self.actor(f).entropy()), (feat,))
       metrics['action_ent'] = self._strategy.reduce('mean', entropy, axis=None)
     self.updates.assign_add(1)
-    metrics.update({f'{opt.name}_loss_scale': opt.loss_scale() for opt, _ in self._optimizers() if opt.loss_scaling})
+    metrics.update({f'{name}_loss_scale': opt.loss_scale() for name, (opt, _) in optimizers.items() if opt.loss_scaling})
     return metrics
 
-  def _gradients(self, data, noise=None):
-    """Losses, replica-summed gradients and the posterior features; all forward
-    passes use the weights before the update. Imagination starts from stopped
-    states, so the world-model tape can be released before it. `noise`: None to
-    draw every sample here, or dict(observe=, imagine=) of draws for `_model_loss`
-    and `_imagine_ahead`."""
+  def gradients(self, data, noise=None):
+    """Losses, replica-summed gradients by optimiser name and the posterior
+    features; all forward passes use the weights before the update. Imagination
+    starts from stopped states, so the world-model tape can be released before it.
+    `noise`: None to draw every sample here, or dict(observe=, imagine=) of draws
+    for `model_loss` and `imagine_ahead`."""
     noise = noise or {}
     data = self.preprocess(data)
-    (model_opt, model_vars), *behaviour = self._optimizers()
+    behavior = self.optimizers()
+    model_opt, model_vars = behavior.pop('model')
     grads = {}
     with tf.GradientTape() as tape:
-      model_loss, post, metrics = self._model_loss(data, noise.get('observe'))
+      model_loss, post, metrics = self.model_loss(data, noise.get('observe'))
     metrics['model_grad_norm'], metrics['model_skipped'], grads['model'] = model_opt.gradients(tape, model_loss, model_vars)
     metrics['model_loss'] = model_loss
-    if behaviour:  # PlaNet's planner learns nothing in imagination.
+    if behavior:  # PlaNet's planner learns nothing in imagination.
       # A graph runs independent work in any order: start imagination only once the
       # world-model backward pass has freed its activations, or both peak together.
       with tf.control_dependencies(grads['model']):
         post = tf.nest.map_structure(tf.identity, post)
-      behaviour_grads, behaviour_metrics = self._behaviour_gradients(post, noise.get('imagine'), behaviour)
-      grads.update(behaviour_grads)
-      metrics.update(behaviour_metrics)
+      behavior_grads, behavior_metrics = self.behavior_gradients(post, noise.get('imagine'), behavior)
+      grads.update(behavior_grads)
+      metrics.update(behavior_metrics)
     return grads, metrics, self.dynamics.get_feat(post)
 
-  def _behaviour_gradients(self, post, noise, optimizers):
-    """Actor (and value) gradients and metrics from imagination (SPEC 4)."""
-    (actor_opt, actor_vars), *value = optimizers
+  def behavior_gradients(self, post, noise, optimizers):
+    """Actor (and value) gradients by name and metrics from imagination (ALGORITHM
+    4); `optimizers`: those of `optimizers()` for 'actor' and, if learned, 'value'."""
+    actor_opt, actor_vars = optimizers['actor']
+    value_opt, value_vars = optimizers.get('value', (None, []))
     grads, metrics = {}, {}
     # One non-persistent tape per loss, the value tape watching only the value head:
     # a persistent tape, or one that sees the imagination loop without needing its
     # gradient, materialises zeros for every activation the loop keeps (0.5 GB).
-    value_opt, value_vars = value[0] if value else (None, [])
     with tf.GradientTape() as actor_tape, tf.GradientTape(watch_accessed_variables=False) as value_tape:
       value_tape.watch(value_vars)
-      imag_feat = self._imagine_ahead(post, noise)
-      actor_loss, value_loss, behaviour_metrics = self._behaviour_losses(imag_feat)
+      imag_feat = self.imagine_ahead(post, noise)
+      actor_loss, value_loss, behavior_metrics = self.behavior_losses(imag_feat)
     metrics['actor_grad_norm'], metrics['actor_skipped'], grads['actor'] = actor_opt.gradients(actor_tape, actor_loss, actor_vars)
-    if value:
+    if value_opt:
       metrics['value_grad_norm'], metrics['value_skipped'], grads['value'] = value_opt.gradients(value_tape, value_loss, value_vars)
       metrics['value_loss'] = value_loss
-    metrics.update(behaviour_metrics, actor_loss=actor_loss)
+    metrics.update(behavior_metrics, actor_loss=actor_loss)
     return grads, metrics
 
-  def _model_loss(self, data, noise=None):
-    """World-model loss (SPEC 3), posterior states and metrics; `noise` as for
+  def model_loss(self, data, noise=None):
+    """World-model loss (ALGORITHM 3), posterior states and metrics; `noise` as for
     `RSSM.observe`."""
-    out = self._model_outputs(data, noise)
+    out = self.model_outputs(data, noise)
     metrics = {k: v for k, v in out.items() if k.endswith('_loss') and k not in ('kl_loss', 'model_loss')}
     metrics.update(
         kl=tf.reduce_mean(out['kl']),
@@ -190,7 +306,7 @@ class Dreamer(tf.Module):
         post_ent=tf.reduce_mean(self.dynamics.get_dist(out['post']).entropy()))
     return out['model_loss'], out['post'], metrics
 
-  def _model_outputs(self, data, noise=None):
+  def model_outputs(self, data, noise=None):
     """Every intermediate of the world-model loss, named as in the golden file
     (docs/REFERENCE.md): states, features, head means, KL per step, loss terms."""
     c = self._c
@@ -198,7 +314,7 @@ class Dreamer(tf.Module):
     post, prior = self.dynamics.observe(embed, data['action'], noise=noise)
     feat = self.dynamics.get_feat(post)
     reward = self.reward(feat)
-    likes, out = self._image_term(data['image'], embed, post, feat)
+    likes, out = self.objective(data['image'], embed, post, feat)
     out.update(embed=embed, post=post, prior=prior, feat=feat, reward_mean=reward.mean())
     likes['reward'] = tf.reduce_mean(reward.log_prob(data['reward']))
     if self.pcont:
@@ -216,26 +332,9 @@ class Dreamer(tf.Module):
     out.update(kl=kl, kl_loss=div, model_loss=c.kl_scale * div - sum(likes.values()))
     return out
 
-  def _image_term(self, image, embed, post, feat):
-    """What the world model learns about the images, chosen by --objective (SPEC 10):
-    their log-likelihood under the decoder, an InfoNCE bound of the state model
-    q(s_t | o_t) (CONTRASTIVE), or nothing (reward only). Returns the
-    log-likelihood terms and the golden file's outputs of the term."""
-    if self.decoder:
-      dist = self.decoder(feat)
-      return dict(image=tf.reduce_mean(dist.log_prob(image))), dict(image_mean=dist.mean())
-    if self.state_model:
-      spec = self._contrastive
-      flat = lambda x: tf.reshape(x, [-1, x.shape[-1]])  # Every observation of the batch.
-      target = models.as_float32(flat(feat if spec['target'] == 'feat' else post['stoch']))
-      dist = self.state_model(flat(embed)).distribution  # Normal(loc, scale) [N, size].
-      log_q = tools.log_density_matrix(target, dist.loc, dist.scale)
-      return dict(contrastive=tf.reduce_mean(spec['nce'](log_q, *feat.shape[:2]))), {}
-    return {}, {}
-
-  def _imagine_ahead(self, post, noise=None):
-    """Features [H, N, F] of H imagined steps from every posterior state (SPEC 4).
-    `noise`, if given, is dict(stoch=[H, N, stoch], action=[H, N, A]): the
+  def imagine_ahead(self, post, noise=None):
+    """Features [H, N, F] of H imagined steps from every posterior state (ALGORITHM
+    4.1). `noise`, if given, is dict(stoch=[H, N, stoch], action=[H, N, A]): the
     standard-normal draws of the imagined states and of the actor's samples."""
 
     def step(prev, x):
@@ -243,43 +342,35 @@ class Dreamer(tf.Module):
       action = self.actor(feat).sample(noise=x.get('action'))
       return self.dynamics.img_step(prev, action, x.get('stoch'))
 
-    states = models.sequential_scan(step, dict(step=tf.range(self._c.horizon), **(noise or {})), self._imagine_start(post))
+    states = models.sequential_scan(step, dict(step=tf.range(self._c.horizon), **(noise or {})), self.imagine_start(post))
     return self.dynamics.get_feat(states)
 
-  def _imagine_start(self, post):
-    """The stopped posterior states [N, ...] imagination starts from (SPEC 4)."""
+  def imagine_start(self, post):
+    """The stopped posterior states [N, ...] imagination starts from (ALGORITHM 4.1)."""
     if self.pcont:  # The last step may be terminal.
       post = {k: v[:, :-1] for k, v in post.items()}
     flatten = lambda x: tf.reshape(x, [-1] + x.shape[2:].as_list())
     return {k: flatten(tf.stop_gradient(v)) for k, v in post.items()}
 
-  def _behaviour_losses(self, imag_feat):
-    """Actor and value losses and metrics (SPEC 4)."""
-    out = self._behaviour_outputs(imag_feat)
+  def behavior_losses(self, imag_feat):
+    """Actor and value losses and metrics (ALGORITHM 4.3)."""
+    out = self.behavior_outputs(imag_feat)
     metrics = dict(imag_reward=tf.reduce_mean(out['reward']), imag_return=tf.reduce_mean(out['returns']))
     return out['actor_loss'], out['value_loss'], metrics
 
-  def _behaviour_outputs(self, imag_feat):
-    """Imagined rewards, continuations, values, lambda-returns, weights and the
-    actor and value losses (SPEC 4, paper eq. 6-8), named as in the golden file."""
+  def behavior_outputs(self, imag_feat):
+    """Imagined rewards, continuations, then the behavior's values, returns, weights
+    and actor and value losses (ALGORITHM 4.2-4.4), named as in the golden file."""
     c = self._c
     reward = self.reward(imag_feat).mode()
     if self.pcont:
       pcont = self.pcont(imag_feat).mean()
     else:
       pcont = c.discount * tf.ones_like(reward)
-    out = dict(reward=reward, pcont=pcont)
-    if self.value:
-      value_dist = self.value(imag_feat)
-      out['value'] = value_dist.mode()
-    returns, weights = RETURNS[c.behavior](reward, out.get('value'), pcont, c.disclam)
-    out.update(returns=returns, weights=weights, actor_loss=-tf.reduce_mean(weights * returns), value_loss=tf.constant(0.0))
-    if self.value:  # Regresses v(f_t) on the stopped returns, first H-1 steps.
-      out['value_loss'] = -tf.reduce_mean(weights * value_dist[:-1].log_prob(tf.stop_gradient(returns)))
-    return out
+    return dict(reward=reward, pcont=pcont, **self.behavior.losses(imag_feat, reward, pcont, c.disclam))
 
   def preprocess(self, data):
-    """uint8 images to [-0.5, 0.5] floats (SPEC 3); optional reward squashing."""
+    """uint8 images to [-0.5, 0.5] floats (ALGORITHM 2.5); optional reward squashing."""
     data = dict(data)
     data['image'] = tools.image_to_float(data['image'])
     if self._c.clip_rewards == 'tanh' and 'reward' in data:  # The policy passes images only.
@@ -290,37 +381,17 @@ class Dreamer(tf.Module):
     return self.dynamics.initial(batch_size), tf.zeros([batch_size, self._action_size])
 
   def _policy(self, image, reset, state, sample, amount):
-    """One agent step: filter the latent state, act, explore (SPEC 5)."""
+    """One agent step: filter the latent state, act, explore (ALGORITHM 5)."""
     latent, action = state
     keep = 1.0 - tf.cast(reset, tf.float32)[:, None]
     latent = {k: v * tf.cast(keep, v.dtype) for k, v in latent.items()}
     action = action * keep
     embed = self.encoder(self.preprocess({'image': image})['image'])
     latent, _ = self.dynamics.obs_step(latent, action, embed)
-    if self.actor:
-      dist = self.actor(self.dynamics.get_feat(latent))
-      action = tf.cond(sample, dist.sample, dist.mode)
-    else:
-      action = self._plan(latent)
+    action = self.behavior.act(self, latent, sample)
     # No exploration at amount 0: evaluation adds noise only with --eval_noise > 0.
     action = tf.cond(amount > 0, lambda: self._explore(action, amount), lambda: action)
     return action, (latent, action)
-
-  def _plan(self, latent):
-    """PlaNet's action: the first of the action sequence that the cross-entropy
-    method finds best for the predicted rewards summed over planet_horizon imagined
-    steps from the current posterior state."""
-    c = self._c
-
-    def total_reward(actions):  # [B, N, H, A] candidate sequences -> [B, N].
-      batch, candidates = tf.shape(actions)[0], tf.shape(actions)[1]
-      start = {k: tf.repeat(v, candidates, 0) for k, v in latent.items()}
-      states = self.dynamics.imagine(tf.reshape(actions, [-1, c.planet_horizon, self._action_size]), start)
-      reward = self.reward(self.dynamics.get_feat(states)).mode()
-      return tf.reshape(tf.reduce_sum(reward, 1), [batch, candidates])
-
-    shape = [tf.shape(latent['deter'])[0], c.planet_horizon, self._action_size]
-    return tools.cem(total_reward, shape, c.planet_iterations, c.planet_candidates, c.planet_top)[:, 0]
 
   def _explore(self, action, amount):
     expl = self._c.expl
@@ -354,7 +425,7 @@ class Dreamer(tf.Module):
 class Policy:
   """The agent's acting interface for `wrappers.simulate`: numpy in, numpy out."""
 
-  def __init__(self, agent, sample, amount):
+  def __init__(self, agent, *, sample, amount):
     self._agent = agent
     self._sample = tf.constant(sample)
     self._amount = tf.constant(amount, tf.float32)

@@ -125,7 +125,7 @@ def evaluate(config):
       raise RunError(f'No checkpoint in {logdir / "checkpoints"} can be restored.')
     episodes = []
     print(f'Evaluating {folder} (env step {int(counters["step"].numpy())}) for {config.eval_episodes} episodes.')
-    wrappers.simulate(Policy(agent, False, config.eval_noise), envs, episodes=config.eval_episodes, callbacks=[episodes.append])
+    wrappers.simulate(Policy(agent, sample=False, amount=config.eval_noise), envs, episodes=config.eval_episodes, callbacks=[episodes.append])
   finally:
     for env in envs:
       env.close()
@@ -234,7 +234,7 @@ def main(config):
       if test_due:
         test_episodes.clear()
         report = episode_counter('Evaluation', 'episodes', config.eval_episodes, lambda e: 1)
-        wrappers.simulate(Policy(agent, False, config.eval_noise), test_envs, episodes=config.eval_episodes, callbacks=test_callbacks + [report])
+        wrappers.simulate(Policy(agent, sample=False, amount=config.eval_noise), test_envs, episodes=config.eval_episodes, callbacks=test_callbacks + [report])
         if policy_video:
           logger.video('test/policy', test_episodes[0]['image'])
       amount = exploration_amount(config, step, int(agent.updates.numpy()))
@@ -247,7 +247,7 @@ def main(config):
       # Do not overshoot the budget (an episode that --collect_episodes waits for may).
       collect = min(config.train_every, config.steps - step)
       env_state = wrappers.simulate(
-          Policy(agent, True, amount), train_envs, steps=agent_steps(config, collect),
+          Policy(agent, sample=True, amount=amount), train_envs, steps=agent_steps(config, collect),
           episodes=config.collect_episodes, state=env_state, callbacks=train_callbacks)
       step = tools.count_steps(train_dir, config.action_repeat)
     save(step)  # The schedules' counters of the last phase.
@@ -259,7 +259,7 @@ def main(config):
 class Trainer:
   """Runs training phases, shows how far a long one is (README, Console), and stops
   the run when an optimiser has skipped `patience` non-finite updates in a row
-  (SPEC 6)."""
+  (ALGORITHM 6)."""
 
   def __init__(self, agent, dataset, patience, out=None, clock=time.monotonic):
     self._agent = agent

@@ -35,7 +35,7 @@ breakdown  In the same child: the parts of one train step as separate tf.functio
         over random episodes; dreamer.py prefetches it alongside training), and each
         convolution of the encoder and decoder alone, forward+backward, with its GFLOP/s
         (conv_layers).
-policy  In the same child: Policy(agent, True, expl_amount) on a batch of 1 (one
+policy  In the same child: Policy(agent, sample=True, amount=expl_amount) on a batch of 1 (one
         tf.function call plus the action's conversion to numpy), median of many calls.
 flops   In the same child, FLOPs of one train step counted three ways:
         analytic    flop_count.analytic_flops(); the fraction of peak uses it. The issue's
@@ -133,34 +133,28 @@ def timed(fn, count):
 
 
 def step_parts(agent, batch):
-  """The parts of one train step (dreamer.Dreamer._gradients) as separate tf.functions
+  """The parts of one train step (agent.Dreamer.gradients) as separate tf.functions
   on fixed inputs: the posterior and imagined features come from one untimed call.
   A backward pass is timed together with its forward pass; `breakdown` subtracts."""
   import tensorflow as tf
   data = agent.preprocess(batch)
-  (_, model_vars), (_, actor_vars), *value = agent._optimizers()
-  value_vars = value[0][1] if value else []
-  post = tf.function(lambda: agent._model_loss(data)[1])()
-  imag_feat = tf.function(lambda: agent._imagine_ahead(post))()
+  optimizers = agent.optimizers()
+  model_vars = optimizers.pop('model')[1]
+  post = tf.function(lambda: agent.model_loss(data)[1])()
+  imag_feat = tf.function(lambda: agent.imagine_ahead(post))()
 
   def world_model(backward):
     with tf.GradientTape() as tape:
-      loss = agent._model_loss(data)[0]
+      loss = agent.model_loss(data)[0]
     return tape.gradient(loss, model_vars) if backward else loss
-
-  def behaviour():  # As _gradients: one tape per loss, the value tape on the value head only.
-    with tf.GradientTape() as actor_tape, tf.GradientTape(watch_accessed_variables=False) as value_tape:
-      value_tape.watch(value_vars)
-      actor_loss, value_loss, _ = agent._behaviour_losses(agent._imagine_ahead(post))
-    return actor_tape.gradient(actor_loss, actor_vars), value_tape.gradient(value_loss, value_vars) if value else []
 
   parts = dict(
       world_model_forward=lambda: world_model(False),
       world_model_forward_backward=lambda: world_model(True),
       action_entropy=lambda: tf.reduce_mean(agent.actor(agent.dynamics.get_feat(post)).entropy()),
-      imagination_forward=lambda: agent._imagine_ahead(post),
-      behaviour_losses_forward=lambda: agent._behaviour_losses(imag_feat)[:2],
-      behaviour_forward_backward=behaviour,
+      imagination_forward=lambda: agent.imagine_ahead(post),
+      behaviour_losses_forward=lambda: agent.behavior_losses(imag_feat)[:2],
+      behaviour_forward_backward=lambda: agent.behavior_gradients(post, None, optimizers)[0],
       train_step=lambda: agent.train(batch))
   return {name: tf.function(fn) for name, fn in parts.items()}
 
@@ -290,7 +284,7 @@ def child(name, precision, parts, steps, policy_calls):
     out['breakdown']['input_pipeline_s'] = input_pipeline(config, steps)
     out['breakdown']['conv_layers'] = conv_layers(agent, config.batch_size * config.batch_length, steps)
   if 'policy' in parts:
-    policy = Policy(agent, True, config.expl_amount)
+    policy = Policy(agent, sample=True, amount=config.expl_amount)
     obs = {'image': np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), np.uint8)}
     state = None
     def act(reset=np.array([False])):
@@ -428,7 +422,7 @@ def policy_split(env, steps, rounds=2):
   from agent import Dreamer, Policy
   from wrappers import simulate
   agent = Dreamer(make_config('paper'), env.act_space.shape[0])
-  policy = Policy(agent, True, 0.3)
+  policy = Policy(agent, sample=True, amount=0.3)
   calls = []
 
   def agent_policy(*args):

@@ -108,7 +108,7 @@ def rollout_batch(config, directory):
 
 
 def draw_noise(config, action_size):
-  """Every standard-normal draw of one training step (SPEC 3-5), with N = B T
+  """Every standard-normal draw of one training step (ALGORITHM 2.5), with N = B T
   imagination starts (B (T - 1) with pcont)."""
   rng = np.random.default_rng(config.seed)
   normal = lambda *shape: rng.standard_normal(shape, np.float32)
@@ -121,16 +121,16 @@ def draw_noise(config, action_size):
 def replay(agent, batch, noise):
   """Every stored quantity, from the agent's own functions; then one update, whose
   gradient norms and new weights are the last quantities (names: docs/REFERENCE.md)."""
-  model = agent._model_outputs(agent.preprocess(batch), noise['observe'])
-  imag_feat = agent._imagine_ahead(model['post'], noise['imagine'])
-  start_feat = agent.dynamics.get_feat(agent._imagine_start(model['post']))
+  model = agent.model_outputs(agent.preprocess(batch), noise['observe'])
+  imag_feat = agent.imagine_ahead(model['post'], noise['imagine'])
+  start_feat = agent.dynamics.get_feat(agent.imagine_start(model['post']))
   # The action of imagination step k is sampled from the features before it.
   prev_feat = tf.concat([start_feat[None], imag_feat[:-1]], 0)
   out = {'imagine/feat': imag_feat, 'imagine/action': agent.actor(prev_feat).sample(noise=noise['imagine']['action'])}
   for kind in ('post', 'prior'):
     out.update({f'{kind}/{k}': v for k, v in model.pop(kind).items()})
   out.update(model)
-  out.update({f'imagine/{k}': v for k, v in agent._behaviour_outputs(imag_feat).items()})
+  out.update({f'imagine/{k}': v for k, v in agent.behavior_outputs(imag_feat).items()})
   metrics = agent.train(batch, noise)
   out.update({k: metrics[k] for k in golden_numpy.GRADIENT_QUANTITIES if k in metrics})
   out.update({f'updated/{k}': v for k, v in file_weights(agent).items()})

@@ -110,7 +110,7 @@ def test_mixed_precision_train_step_has_finite_float32_losses(tmp_path, precisio
   assert all(np.isfinite(float(v)) for v in metrics.values()), metrics
   assert ('model_loss_scale' in metrics) == (precision == '16')
   assert scales == sorted(scales, reverse=True)
-  action, _ = Policy(agent, True, 0.3)({'image': batch_for(config)['image'][:, 0]}, np.ones(4, bool), None)
+  action, _ = Policy(agent, sample=True, amount=0.3)({'image': batch_for(config)['image'][:, 0]}, np.ones(4, bool), None)
   assert action.dtype == np.float32 and np.isfinite(action).all()
 
 
@@ -119,7 +119,7 @@ def test_injected_inf_gradient_skips_update_and_keeps_weights(tmp_path, precisio
   precision_policy(policy)
   config = config_for(tmp_path, '--precision', precision)
   agent = Dreamer(config, 2)
-  world = agent._optimizers()[0][1]
+  world = agent.optimizers()['model'][1]
   before = [v.numpy().copy() for v in world]
   batch = batch_for(config)
   batch['reward'][0, 0] = np.inf  # The reward loss and the world-model gradients become non-finite.

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from agent import Dreamer, Policy, exploration_amount, reward_returns
+from agent import BEHAVIORS, OBJECTIVES, Dreamer, Policy, exploration_amount, reward_returns
 import configs
 import dreamer
 
@@ -30,7 +30,7 @@ def random_batch(config, action_size=2, seed=0):
 
 def model_loss(agent, config, batch):
   tf.random.set_seed(0)
-  loss, _, metrics = agent._model_loss(agent.preprocess(batch))
+  loss, _, metrics = agent.model_loss(agent.preprocess(batch))
   return float(loss), {k: float(v) for k, v in metrics.items()}
 
 
@@ -64,11 +64,11 @@ def test_free_nats_per_step_clips_each_step_before_averaging():
   assert loss == pytest.approx(np.maximum(kl, config.free_nats).mean() + likes, rel=1e-5)
 
 
-def test_behaviour_losses_match_numpy_lambda_returns_and_discount_weights():
+def test_behavior_losses_match_numpy_lambda_returns_and_discount_weights():
   config = tiny_config('--discount', '0.9', '--disclam', '0.8')
   agent = Dreamer(config, 2)
   feat = tf.random.normal([5, 7, config.stoch_size + config.deter_size])
-  actor_loss, value_loss, _ = agent._behaviour_losses(feat)
+  actor_loss, value_loss, _ = agent.behavior_losses(feat)
   reward = agent.reward(feat).mean().numpy()
   value = agent.value(feat).mean().numpy()
   returns = np.zeros_like(reward[:-1])
@@ -96,8 +96,8 @@ def test_actor_gradient_reaches_dynamics_but_only_actor_optimiser_updates_actor(
   world = [agent.encoder, agent.dynamics, agent.decoder, agent.reward]
   data = agent.preprocess(random_batch(config))
   with tf.GradientTape(persistent=True) as tape:
-    _, post, _ = agent._model_loss(data)
-    actor_loss, value_loss, _ = agent._behaviour_losses(agent._imagine_ahead(post))
+    _, post, _ = agent.model_loss(data)
+    actor_loss, value_loss, _ = agent.behavior_losses(agent.imagine_ahead(post))
   actor_grads = tape.gradient(actor_loss, agent.actor.trainable_variables)
   assert all(g is not None and np.abs(g.numpy()).sum() > 0 for g in actor_grads)
   # The analytic gradient flows through the learned dynamics and reward head...
@@ -204,7 +204,7 @@ def test_atari_exploration_falls_linearly_in_updates_as_the_tf1_schedule_does():
 def test_reward_returns_are_discounted_sums_of_all_h_rewards_from_each_step_by_hand():
   reward = tf.constant([[1.0], [2.0], [3.0]])
   pcont = tf.constant([[0.5], [0.5], [0.5]])
-  returns, weights = reward_returns(reward, None, pcont, 0.95)
+  returns, weights = reward_returns(reward, pcont)
   # R_2 = 3; R_1 = 2 + 0.5 * 3 = 3.5; R_0 = 1 + 0.5 * 3.5 = 2.75.
   np.testing.assert_allclose(returns.numpy()[:, 0], [2.75, 3.5, 3.0])
   np.testing.assert_array_equal(weights.numpy(), np.ones((3, 1)))
@@ -213,9 +213,9 @@ def test_reward_returns_are_discounted_sums_of_all_h_rewards_from_each_step_by_h
 def test_no_value_ablation_maximises_the_discounted_returns_of_all_imagined_rewards():
   config = tiny_config('--behavior', 'no_value', '--discount', '0.9')
   agent = Dreamer(config, 2)
-  assert agent.value is None
+  assert not hasattr(agent, 'value')
   feat = tf.random.normal([5, 3, config.stoch_size + config.deter_size])
-  actor_loss, value_loss, metrics = agent._behaviour_losses(feat)
+  actor_loss, value_loss, metrics = agent.behavior_losses(feat)
   reward = agent.reward(feat).mean().numpy()  # All 5 imagined rewards, the last included.
   returns = np.array([sum(0.9 ** (k - t) * reward[k] for k in range(t, 5)) for t in range(5)])
   assert float(actor_loss) == pytest.approx(-np.mean(returns), rel=1e-4)
@@ -227,9 +227,9 @@ def test_pcont_head_is_trained_and_drops_last_start_state():
   config = tiny_config('--pcont', 'True')
   agent = Dreamer(config, 2)
   data = agent.preprocess(random_batch(config))
-  _, post, metrics = agent._model_loss(data)
+  _, post, metrics = agent.model_loss(data)
   assert 'pcont_loss' in metrics
-  feat = agent._imagine_ahead(post)
+  feat = agent.imagine_ahead(post)
   assert feat.shape[:2] == (config.horizon, config.batch_size * (config.batch_length - 1))
   assert np.isfinite(float(agent.train(random_batch(config))['model_loss']))
 
@@ -238,9 +238,9 @@ def test_shared_batch_noise_shares_imagined_state_noise_but_not_the_actors():
   config = tiny_config('--batch_noise', 'shared')
   agent = Dreamer(config, 2)
   data = agent.preprocess(random_batch(config))
-  _, post, _ = agent._model_loss(data)
+  _, post, _ = agent.model_loss(data)
   same = {k: tf.repeat(v[:1, :1], 3, 0) for k, v in post.items()}  # Three equal start states.
-  feat = agent._imagine_ahead(same).numpy()
+  feat = agent.imagine_ahead(same).numpy()
   stoch = feat[..., :config.stoch_size]
   assert not np.allclose(stoch[:, 0], stoch[:, 1])  # The actions differ, so do the states after them.
   prior = agent.dynamics.img_step({k: v[:, 0] for k, v in same.items()}, tf.zeros([3, 2]))
@@ -260,7 +260,7 @@ def test_train_step_with_given_noise_is_reproducible_and_depends_on_it():
   normal = lambda *shape: rng.normal(size=shape).astype(np.float32)
   noise = dict(observe=dict(prior=normal(b, t, s), post=normal(b, t, s)),
                imagine=dict(stoch=normal(config.horizon, n, s), action=normal(config.horizon, n, 2)))
-  losses = lambda noise: {k: float(v) for k, v in agent._gradients(batch, noise)[1].items() if k.endswith('_loss')}
+  losses = lambda noise: {k: float(v) for k, v in agent.gradients(batch, noise)[1].items() if k.endswith('_loss')}
   first = losses(noise)
   tf.random.set_seed(123)  # The stored draws, not the global seed, decide the losses.
   assert losses(noise) == first
@@ -310,7 +310,7 @@ def reference_train(agent, config, batch):
   with tf.GradientTape() as value_tape:
     value_pred = agent.value(imag_feat)[:-1]
     value_loss = -tf.reduce_mean(weights * value_pred.log_prob(tf.stop_gradient(returns)))
-  for (opt, variables), loss, tape in zip(agent._optimizers(), (model_loss, actor_loss, value_loss), (model_tape, actor_tape, value_tape)):
+  for (opt, variables), loss, tape in zip(agent.optimizers().values(), (model_loss, actor_loss, value_loss), (model_tape, actor_tape, value_tape)):
     grads, norm = tf.clip_by_global_norm(tape.gradient(loss, variables), config.grad_clip)
     opt.opt.apply_gradients(zip(grads, variables))
   agent.actor(feat).entropy()  # Dreamer._train's entropy metric draws its samples last.
@@ -463,12 +463,12 @@ def test_pcont_targets_are_zero_at_an_early_terminal_and_imagined_weights_drop_a
   agent = Dreamer(config, 2)
   batch = random_batch(config)
   batch['discount'][0, -1] = 0  # Sequence 0 is an episode that ends early, at its last row.
-  # World model: the continuation target is discount * gamma (SPEC 3), 0 at the terminal.
+  # World model: the continuation target is discount * gamma (ALGORITHM 2.4), 0 at the terminal.
   data = agent.preprocess(batch)
   rng = np.random.default_rng(0)
   shape = (config.batch_size, config.batch_length, config.stoch_size)
   noise = dict(prior=rng.normal(size=shape).astype(np.float32), post=rng.normal(size=shape).astype(np.float32))
-  _, _, metrics = agent._model_loss(data, noise)
+  _, _, metrics = agent.model_loss(data, noise)
   post, _ = agent.dynamics.observe(agent.encoder(data['image']), data['action'], noise=noise)
   logits = agent.pcont(agent.dynamics.get_feat(post)).distribution.logits.numpy()
   target = np.full(shape[:2], 0.9)
@@ -482,13 +482,13 @@ def test_pcont_targets_are_zero_at_an_early_terminal_and_imagined_weights_drop_a
   episode = agent.dynamics.get_feat(post)[0]  # [T, F], terminal at T - 1.
   # An imagined sequence that passes through the episode's terminal state, then stays there.
   feat = tf.concat([episode, tf.repeat(episode[-1:], 2, 0)], 0)[:, None]  # [T + 2, 1, F].
-  actor_loss, _, _ = agent._behaviour_losses(feat)
+  actor_loss, _, _ = agent.behavior_losses(feat)
   pcont = 1 / (1 + np.exp(-agent.pcont(feat).distribution.logits.numpy()[:, 0]))
   reward, value = agent.reward(feat).mean().numpy()[:, 0], agent.value(feat).mean().numpy()[:, 0]
   horizon = len(pcont)
   weights = np.cumprod(np.concatenate([[1.0], pcont[:horizon - 2]]))  # w_t = prod_{k<t} c_k.
   returns, last = np.zeros(horizon - 1), value[-1]
-  for t in reversed(range(horizon - 1)):  # SPEC 4, paper eq. 6.
+  for t in reversed(range(horizon - 1)):  # ALGORITHM 4.2, paper eq. 6.
     returns[t] = reward[t] + pcont[t] * ((1 - 0.95) * value[t + 1] + 0.95 * last)
     last = returns[t]
   assert float(actor_loss) == pytest.approx(-np.mean(weights * returns), rel=1e-4, abs=1e-6)
@@ -519,27 +519,27 @@ class ShiftedActionModel:
 def test_planner_returns_the_action_of_maximal_reward_for_each_start_state(monkeypatch):
   config = tiny_config('--behavior', 'planet')  # PlaNet's CEM: horizon 12, 10 x 1000, top 100.
   agent = Dreamer(config, 2)
-  assert agent.actor is None and agent.value is None
+  assert not any(hasattr(agent, name) for name in ('actor', 'value', 'actor_opt', 'value_opt'))
   model = ShiftedActionModel([0.5, -0.2])
   monkeypatch.setattr(agent, 'dynamics', model)
   monkeypatch.setattr(agent, 'reward', model.reward)
   shift = np.array([[0.0, 0.0], [0.3, -0.5], [-0.4, 0.1]], np.float32)
   tf.random.set_seed(0)
-  action = agent._plan(dict(stoch=tf.constant(shift), deter=tf.zeros([3, 4]))).numpy()
+  action = agent.behavior.act(agent, dict(stoch=tf.constant(shift), deter=tf.zeros([3, 4])), tf.constant(False)).numpy()
   np.testing.assert_allclose(action, [0.5, -0.2] - shift, atol=0.03)
 
 
 def test_planet_trains_the_world_model_only_and_plans_in_the_compiled_policy():
   config = tiny_config('--behavior', 'planet', '--planet_candidates', '30', '--planet_top', '5')
   agent = Dreamer(config, 2)
-  assert [opt.name for opt, _ in agent._optimizers()] == ['model']
+  assert list(agent.optimizers()) == ['model']
   metrics = agent.train(random_batch(config))
   assert not any(k.startswith(('actor_', 'value_', 'action_', 'imag_')) for k in metrics)
   assert np.isfinite(float(metrics['model_loss']))
   image = np.zeros((2, 64, 64, 3), np.uint8)
-  action, state = Policy(agent, True, 0.0)({'image': image}, np.array([True, True]), None)
+  action, state = Policy(agent, sample=True, amount=0.0)({'image': image}, np.array([True, True]), None)
   assert action.shape == (2, 2) and np.all(np.abs(action) <= 1)
-  Policy(agent, False, 0.3)({'image': image}, np.array([False, False]), state)
+  Policy(agent, sample=False, amount=0.3)({'image': image}, np.array([False, False]), state)
   assert agent.policy_step.experimental_get_tracing_count() == 1
 
 
@@ -554,12 +554,12 @@ def numpy_info_nce(z, mean, std):
 def test_contrastive_loss_is_infonce_of_the_posterior_states_over_the_batch():
   config = tiny_config('--objective', 'contrastive')
   agent = Dreamer(config, 2)
-  assert agent.decoder is None
+  assert not hasattr(agent, 'decoder')
   data = agent.preprocess(random_batch(config))
   rng = np.random.default_rng(0)
   shape = (config.batch_size, config.batch_length, config.stoch_size)
   noise = {k: rng.normal(size=shape).astype(np.float32) for k in ('prior', 'post')}
-  _, post, metrics = agent._model_loss(data, noise)
+  _, post, metrics = agent.model_loss(data, noise)
   assert 'image_loss' not in metrics
   embed = agent.encoder(data['image'])
   dist = agent.state_model(embed).distribution  # Normal over z_t from o_t's embedding.
@@ -578,13 +578,13 @@ def numpy_info_nce_over_states(feat, mean, std):
 def test_contrastive_tf1_predicts_the_whole_state_and_normalises_over_states_for_each_image():
   config = tiny_config('--objective', 'contrastive_tf1')  # 3 x 6 batch: the 10 x 30 window covers it.
   agent = Dreamer(config, 2)
-  assert agent.decoder is None
+  assert not hasattr(agent, 'decoder')
   assert sorted(agent.state_model.named_layers()) == ['h0', 'h1', 'h2', 'out']
   data = agent.preprocess(random_batch(config))
   rng = np.random.default_rng(0)
   shape = (config.batch_size, config.batch_length, config.stoch_size)
   noise = {k: rng.normal(size=shape).astype(np.float32) for k in ('prior', 'post')}
-  _, post, metrics = agent._model_loss(data, noise)
+  _, post, metrics = agent.model_loss(data, noise)
   dist = agent.state_model(agent.encoder(data['image'])).distribution
   size = config.stoch_size + config.deter_size
   flat = lambda x: x.numpy().reshape(-1, size)
@@ -602,9 +602,9 @@ def test_reward_objective_creates_trains_and_saves_no_decoder(tmp_path):
   full = Dreamer(tiny_config(), 2)
   config = tiny_config('--objective', 'reward')
   agent = Dreamer(config, 2)
-  assert agent.decoder is None and agent.state_model is None and agent.openloop is None
+  assert not hasattr(agent, 'decoder') and not hasattr(agent, 'state_model') and agent.openloop is None
   decoder_count = len(full.decoder.trainable_variables)
-  assert len(agent._optimizers()[0][1]) == len(full._optimizers()[0][1]) - decoder_count
+  assert len(agent.optimizers()['model'][1]) == len(full.optimizers()['model'][1]) - decoder_count
   for model, name in ((full, 'full'), (agent, 'reward')):
     tf.train.Checkpoint(agent=model).write(str(tmp_path / name / 'ckpt'))
   saved = lambda name: [key for key, _ in tf.train.list_variables(str(tmp_path / name / 'ckpt'))]
@@ -622,3 +622,8 @@ def test_logdir_of_another_variant_is_not_resumed(tmp_path, flag, old):
   config = tiny_config('--logdir', str(tmp_path / 'new'))  # The defaults, dreamer and reconstruction.
   config.logdir = str(tmp_path)
   assert configs.check_logdir(config) == f'{tmp_path} holds a run with {flag} {old}; resume with those settings or use a new --logdir.'
+
+
+def test_every_objective_and_behavior_flag_has_one_variant():
+  assert list(OBJECTIVES) == list(configs.CHOICES['objective'])
+  assert list(BEHAVIORS) == list(configs.CHOICES['behavior'])
