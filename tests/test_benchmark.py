@@ -37,12 +37,14 @@ def test_debug_config_run_writes_positive_numbers(tmp_path):
   numbers = [
       debug['train']['first_call_s'], debug['train']['trace_s'], debug['train']['first_call_faulted_mib'],
       data['first_touch']['fresh_s'], data['first_touch']['reused_s'], debug['train']['median_s'], debug['train']['min_s'],
-      debug['train']['max_s'], debug['peak_rss_mb'], debug['allocator_peak_mb'], debug['policy']['median_s'],
+      debug['train']['max_s'], debug['peak_rss_mb'], debug['policy']['median_s'],
       debug['flops']['analytic']['total'], debug['flops']['graph_walk'],
       debug['flops']['profiler_outer_graph'], data['matmul']['32']['gflops'], data['matmul']['bf16']['gflops'],
       debug['achieved_gflops'], debug['fraction_of_peak'], debug['fraction_of_peak_best'],
       debug['ops_per_step'], debug['breakdown']['input_pipeline_s'], data['main_process_peak_rss_mb']]
   assert all(isinstance(n, (int, float)) and n > 0 for n in numbers), numbers
+  # TF's CPU allocator keeps statistics on some machines only; the table then says 'not counted'.
+  assert debug['allocator_peak_mb'] is None or debug['allocator_peak_mb'] > 0
   assert debug['train']['count'] == 3 and debug['train']['trace_s'] < debug['train']['first_call_s']
   assert debug['flops']['graph_walk_notes'] == []
   # The two independent counts agree to within the analytic count's x3 rule.
