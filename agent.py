@@ -114,13 +114,14 @@ class ActorValue:
     return tf.cond(sample, dist.sample, dist.mode)
 
   def losses(self, imag_feat, reward, pcont, lambda_):
-    """Values, returns, weights and the actor and value losses (paper eq. 6-8)."""
+    """Values, the returns the actor maximises, their weights and the value loss
+    (paper eq. 6 and 8)."""
     value_dist = self.heads['value'](imag_feat)
     value = value_dist.mode()
     returns, weights = lambda_returns(reward, value, pcont, lambda_)
     # Regresses v(f_t) on the stopped returns, first H-1 steps.
     value_loss = -tf.reduce_mean(weights * value_dist[:-1].log_prob(tf.stop_gradient(returns)))
-    return dict(value=value, returns=returns, weights=weights, actor_loss=-tf.reduce_mean(weights * returns), value_loss=value_loss)
+    return dict(value=value, returns=returns, weights=weights, value_loss=value_loss)
 
 
 class ActorOnly(ActorValue):
@@ -132,7 +133,7 @@ class ActorOnly(ActorValue):
 
   def losses(self, imag_feat, reward, pcont, lambda_):
     returns, weights = reward_returns(reward, pcont)
-    return dict(returns=returns, weights=weights, actor_loss=-tf.reduce_mean(weights * returns), value_loss=tf.constant(0.0))
+    return dict(returns=returns, weights=weights, value_loss=tf.constant(0.0))
 
 
 class Planner:
@@ -367,7 +368,9 @@ class Dreamer(tf.Module):
       pcont = self.pcont(imag_feat).mean()
     else:
       pcont = c.discount * tf.ones_like(reward)
-    return dict(reward=reward, pcont=pcont, **self.behavior.losses(imag_feat, reward, pcont, c.disclam))
+    out = dict(reward=reward, pcont=pcont, **self.behavior.losses(imag_feat, reward, pcont, c.disclam))
+    out['actor_loss'] = -tf.reduce_mean(out['weights'] * out['returns'])  # Paper eq. 7.
+    return out
 
   def preprocess(self, data):
     """uint8 images to [-0.5, 0.5] floats (ALGORITHM 2.5); optional reward squashing."""

@@ -243,14 +243,14 @@ def make_dataset(episodes, batch_size, batch_length, balance=False, seed=0,
 
   signature = (tf.TensorSpec((), tf.string), tf.TensorSpec((), tf.int64))
   dataset = tf.data.Dataset.from_generator(choices, output_signature=signature)
-  if not read_ahead:
-    options = tf.data.Options()  # Without the rewrites that read ahead.
-    options.experimental_optimization.inject_prefetch = False
-    options.experimental_optimization.map_and_batch_fusion = False
-    return dataset.map(load).batch(batch_size, drop_remainder=True).with_options(options)
-  dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+  dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE if read_ahead else None)
   dataset = dataset.batch(batch_size, drop_remainder=True)
-  return dataset.prefetch(tf.data.AUTOTUNE)
+  if read_ahead:
+    return dataset.prefetch(tf.data.AUTOTUNE)
+  options = tf.data.Options()  # Without the rewrites that read ahead.
+  options.experimental_optimization.inject_prefetch = False
+  options.experimental_optimization.map_and_batch_fusion = False
+  return dataset.with_options(options)
 
 
 class Checkpoints:

@@ -316,16 +316,19 @@ def test_dataset_windows_have_shapes_and_never_cross_episodes(tmp_path):
     assert (reward < 200).all()
 
 
+def save_constant_reward_episode(directory, reward, rng):
+  """Save a random 10-row episode whose every reward is `reward`, to tell it apart."""
+  episode = random_episode(10, rng)
+  episode['reward'][:] = reward
+  tools.save_episode(directory, episode)
+
+
 def test_dataset_sees_episodes_written_later(tmp_path):
   rng = np.random.default_rng(0)
-  first = random_episode(10, rng)
-  first['reward'][:] = 0
-  tools.save_episode(tmp_path, first)
+  save_constant_reward_episode(tmp_path, 0, rng)
   episodes = tools.Episodes(tmp_path)
   batches = iter(tools.make_dataset(episodes, batch_size=1, batch_length=10, rescan_every=5))
-  second = random_episode(10, rng)
-  second['reward'][:] = 1
-  tools.save_episode(tmp_path, second)
+  save_constant_reward_episode(tmp_path, 1, rng)
   seen = {float(next(batches)['reward'][0, 0]) for _ in range(60)}
   assert seen == {0.0, 1.0}
 
@@ -358,15 +361,11 @@ def test_dataset_reads_ahead_only_when_asked_to(tmp_path, read_ahead):
 
 def test_dataset_without_read_ahead_sees_a_new_episode_at_the_next_rescan(tmp_path):
   rng = np.random.default_rng(0)
-  first = random_episode(10, rng)
-  first['reward'][:] = 0
-  tools.save_episode(tmp_path, first)
+  save_constant_reward_episode(tmp_path, 0, rng)
   episodes = tools.Episodes(tmp_path)
   batches = iter(tools.make_dataset(episodes, batch_size=1, batch_length=10, rescan_every=4, read_ahead=False))
   rewards = [float(next(batches)['reward'][0, 0]) for _ in range(3)]
-  second = random_episode(10, rng)
-  second['reward'][:] = 1
-  tools.save_episode(tmp_path, second)
+  save_constant_reward_episode(tmp_path, 1, rng)
   time.sleep(0.5)
   # Window 4 still comes from the first scan; the rescan before window 5 finds the second.
   rewards += [float(next(batches)['reward'][0, 0]) for _ in range(40)]
