@@ -81,8 +81,13 @@ def test_mirrored_strategy_on_two_devices_matches_single_device_step(tmp_path):
   results = json.loads(result.stdout.strip().splitlines()[-1])
   single, mirrored = results['single'], results['mirrored']
   assert single['replicas'] == 1 and mirrored['replicas'] == 2
+  # The model's gradient norm is mostly the decoder's output bias gradient: each of its
+  # 3 channels sums 4 x 6 x 64 x 64 ~ 1e5 per-pixel terms of size ~0.5 that cancel to
+  # about 5. Summed in float32 in another order (two half batches, another machine's
+  # kernels) a channel may move by up to 1e5 x eps x 0.5 ~ 6e-3, rel ~1e-3; seen: 2e-4.
+  tolerance = dict(model_grad_norm=2e-3)
   for name, value in single['metrics'].items():
-    assert mirrored['metrics'][name] == pytest.approx(value, rel=1e-4, abs=1e-5), name
+    assert mirrored['metrics'][name] == pytest.approx(value, rel=tolerance.get(name, 1e-4), abs=1e-5), name
   for a, b in zip(single['weights'], mirrored['weights']):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
 
