@@ -223,8 +223,8 @@ def validate(config):
     return 'Set --logdir, the folder for episodes, checkpoints and logs.'
   if config.mode == 'eval' and not runs.read_config(pathlib.Path(config.logdir).expanduser()):
     return f'--mode eval needs a trained run, but {config.logdir} holds no readable config.json.'
-  import tools  # TensorFlow: only this check needs it, so the sweep reads flags without it.
-  if config.mode == 'eval' and not tools.Checkpoints(pathlib.Path(config.logdir).expanduser() / 'checkpoints', None, 1).saved():
+  import storage  # TensorFlow: only this check needs it, so the sweep reads flags without it.
+  if config.mode == 'eval' and not storage.Checkpoints(pathlib.Path(config.logdir).expanduser() / 'checkpoints', None, 1).saved():
     return f'{config.logdir} holds no checkpoint to evaluate yet; train it first (--mode train).'
   try:
     wrappers.check_task(config.task)

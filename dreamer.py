@@ -21,8 +21,10 @@ import tf_keras as keras
 
 from agent import Dreamer, Policy, exploration_amount, random_policy
 import configs
+from logger import Logger, duration, gif
+import replay
 import runs
-import tools
+import storage
 import wrappers
 
 
@@ -83,7 +85,7 @@ def seed_everything(config):
 def take_logdir(logdir):
   """Become the logdir's one writer for the rest of the process, or raise
   runs.LogdirInUse naming the live holder (README, Robustness)."""
-  with tools.writing(logdir / runs.LOCK_FILE):
+  with storage.writing(logdir / runs.LOCK_FILE):
     stale = runs.lock_logdir(logdir)
   if stale:
     print(f'Warning: took over the lock of {logdir} from {runs.describe(stale)}, which is no longer running.', file=sys.stderr)
@@ -94,7 +96,7 @@ def run_checkpoints(logdir, agent, keep):
   and the last period of each schedule that ran (so a resumed run keeps its
   schedules). Checkpoints of older versions may lack some counters."""
   counters = {name: tf.Variable(-1, dtype=tf.int64) for name in ('step', 'eval', 'log', 'openloop_video', 'policy_video')}
-  return tools.Checkpoints(pathlib.Path(logdir) / 'checkpoints', dict(agent=agent, **counters), keep, optional=counters), counters
+  return storage.Checkpoints(pathlib.Path(logdir) / 'checkpoints', dict(agent=agent, **counters), keep, optional=counters), counters
 
 
 def commit():
@@ -131,8 +133,8 @@ def evaluate(config):
       env.close()
   returns = [float(episode['reward'].sum()) for episode in episodes]
   result = dict(returns=returns, mean=float(np.mean(returns)), std=float(np.std(returns)), step=int(counters['step'].numpy()), checkpoint=folder.name)
-  tools.atomic_write(logdir / 'eval.json', lambda f: f.write(json.dumps(result, indent=2).encode()))
-  tools.atomic_write(logdir / 'eval.gif', lambda f: f.write(tools.gif(episodes[0]['image'])))
+  storage.atomic_write(logdir / 'eval.json', lambda f: f.write(json.dumps(result, indent=2).encode()))
+  storage.atomic_write(logdir / 'eval.gif', lambda f: f.write(gif(episodes[0]['image'])))
   print(f'Return {result["mean"]:.1f} +- {result["std"]:.1f} over {len(returns)} episodes; wrote {logdir / "eval.json"} and {logdir / "eval.gif"}.')
   return result
 
@@ -149,11 +151,11 @@ def main(config):
     raise RunError(f'--batch_size {config.batch_size} must be a multiple of the {strategy.num_replicas_in_sync} '
                    'replicas the strategy trains on; change --batch_size or the devices.')
   settings = dict(vars(config), commit=commit())
-  tools.atomic_write(logdir / 'config.json', lambda f: f.write(json.dumps(settings, indent=2).encode()))
+  storage.atomic_write(logdir / 'config.json', lambda f: f.write(json.dumps(settings, indent=2).encode()))
   print(configs.describe_config(config, logdir / 'config.json'), flush=True)
   train_dir, test_dir = logdir / 'episodes', logdir / 'test_episodes'
-  step = tools.count_steps(train_dir, config.action_repeat)
-  logger = tools.Logger(logdir, step, config.steps)
+  step = runs.count_steps(train_dir, config.action_repeat)
+  logger = Logger(logdir, step, config.steps)
 
   def log_episode(prefix, directory, episode):
     logger.scalar(f'{prefix}/return', float(episode['reward'].sum()))
@@ -161,8 +163,8 @@ def main(config):
     logger.scalar(f'{prefix}/episodes', len(list(directory.glob('*.npz'))), mean=False)
 
   test_episodes = []
-  train_callbacks = [functools.partial(tools.save_episode, train_dir), functools.partial(log_episode, 'train', train_dir)]
-  test_callbacks = [functools.partial(tools.save_episode, test_dir), functools.partial(log_episode, 'test', test_dir), test_episodes.append]
+  train_callbacks = [functools.partial(storage.save_episode, train_dir), functools.partial(log_episode, 'train', train_dir)]
+  test_callbacks = [functools.partial(storage.save_episode, test_dir), functools.partial(log_episode, 'test', test_dir), test_episodes.append]
   train_envs = make_envs(config, config.envs, config.seed, train=True)
   test_envs = make_envs(config, 1, config.seed + 1000, train=False)
   try:
@@ -177,7 +179,7 @@ def main(config):
       env_state = wrappers.simulate(
           random_policy(act_space, config.seed), train_envs,
           steps=agent_steps(config, missing[0]), episodes=missing[1], callbacks=train_callbacks + [report])
-      step = tools.count_steps(train_dir, config.action_repeat)
+      step = runs.count_steps(train_dir, config.action_repeat)
     with strategy.scope():
       agent = Dreamer(config, act_space.shape[0])
     checkpoints, done_period = run_checkpoints(logdir, agent, config.checkpoints)
@@ -196,8 +198,8 @@ def main(config):
         return True
       return False
 
-    episodes = tools.Episodes(train_dir)
-    dataset = tools.make_dataset(
+    episodes = replay.Episodes(train_dir)
+    dataset = replay.make_dataset(
         episodes, config.batch_size, config.batch_length, config.dataset_balance, config.seed,
         read_ahead=not config.deterministic)
     # Each worker reads its own episodes: no sharding across workers.
@@ -249,7 +251,7 @@ def main(config):
       env_state = wrappers.simulate(
           Policy(agent, sample=True, amount=amount), train_envs, steps=agent_steps(config, collect),
           episodes=config.collect_episodes, state=env_state, callbacks=train_callbacks)
-      step = tools.count_steps(train_dir, config.action_repeat)
+      step = runs.count_steps(train_dir, config.action_repeat)
     save(step)  # The schedules' counters of the last phase.
   finally:
     for env in train_envs + test_envs:
@@ -336,9 +338,9 @@ class PhaseProgress:
     rate = (now - self._first) / (done - 1) if done > 1 else now - self._start
     line = f'Training: {done}/{self._total} updates, {rate:.2f} s/update, '
     if last:
-      line += f'phase took {tools.duration(now - self._start)}'
+      line += f'phase took {duration(now - self._start)}'
     else:
-      line += f'phase ETA {tools.duration((self._total - done) * rate)}'
+      line += f'phase ETA {duration((self._total - done) * rate)}'
     self._out.write(f'\r{line}\x1b[K' if self._terminal else line + '\n')
     self._out.flush()
     self._shown = now
@@ -360,7 +362,7 @@ class NonFiniteError(RunError):
 
 # Errors that end a run with one line instead of a traceback, and their exit codes
 # (README, Robustness). Bad flags exit 2 through argparse.
-EXIT_CODES = {runs.LogdirInUse: 2, tools.WriteError: 3, RunError: 1}
+EXIT_CODES = {runs.LogdirInUse: 2, storage.WriteError: 3, RunError: 1}
 
 
 if __name__ == '__main__':

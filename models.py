@@ -5,7 +5,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 import tf_keras as keras
 
-import tools
+import distributions
 
 tfd = tfp.distributions
 
@@ -200,7 +200,7 @@ class ConvDecoder(Module):
       x = self.get(f'h{i + 2}', self._conv_transpose, mult * self._depth, kernel, 2, activation=act)(x)
     x = self.get('h5', self._conv_transpose, self._shape[-1], 6, 2)(x)
     mean = tf.reshape(as_float32(x), tf.concat([tf.shape(features)[:-1], self._shape], 0))
-    return tools.UnitNormal(mean, len(self._shape))
+    return distributions.UnitNormal(mean, len(self._shape))
 
 
 class DenseHead(Module):
@@ -237,7 +237,7 @@ class DenseHead(Module):
     raise ValueError(f'Unknown head distribution {self._dist!r}; use normal, normal_std or binary.')
 
 
-# One-hot actors (--action_dist) and the gradient their samples carry (tools.OneHotDist).
+# One-hot actors (--action_dist) and the gradient their samples carry (distributions.OneHotDist).
 ONE_HOT_GRADIENTS = dict(onehot='straight', onehot_score='score')
 
 
@@ -266,8 +266,8 @@ class ActionHead(Module):
       mean, std = tf.split(x, 2, -1)
       mean = self._mean_scale * tf.tanh(mean / self._mean_scale)
       std = tf.nn.softplus(std + self._raw_init_std) + self._min_std
-      dist = tfd.TransformedDistribution(tfd.Normal(mean, std), tools.ClippedTanh())
-      return tools.SampleDist(tfd.Independent(dist, 1))
+      dist = tfd.TransformedDistribution(tfd.Normal(mean, std), distributions.ClippedTanh())
+      return distributions.SampleDist(tfd.Independent(dist, 1))
     if self._dist in ONE_HOT_GRADIENTS:
-      return tools.OneHotDist(as_float32(self.get('out', keras.layers.Dense, self._size)(x)), ONE_HOT_GRADIENTS[self._dist])
+      return distributions.OneHotDist(as_float32(self.get('out', keras.layers.Dense, self._size)(x)), ONE_HOT_GRADIENTS[self._dist])
     raise ValueError(f'Unknown action distribution {self._dist!r}; use tanh_normal, onehot or onehot_score.')

@@ -1,6 +1,6 @@
 """Runs in their logdirs, without TensorFlow: step counts, configs, metrics, the
 sweep's records, the published reference scores, and the logdir lock. Shared by
-dreamer.py and tools.py and by the scripts in `scripts/` (learning check, sweep,
+dreamer.py and storage.py and by the scripts in `scripts/` (learning check, sweep,
 plots, comparison, report)."""
 
 import atexit

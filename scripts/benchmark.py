@@ -31,7 +31,7 @@ breakdown  In the same child: the parts of one train step as separate tf.functio
         estimate (100 actor samples per start state), imagination forward, the behaviour
         losses forward, their backward through imagination, and the rest of the step
         (optimisers, clipping, finiteness checks, metrics), plus the op runs per call of
-        each (graph walk below), the input pipeline's time per batch (tools.make_dataset
+        each (graph walk below), the input pipeline's time per batch (replay.make_dataset
         over random episodes; dreamer.py prefetches it alongside training), and each
         convolution of the encoder and decoder alone, forward+backward, with its GFLOP/s
         (conv_layers).
@@ -230,17 +230,18 @@ def conv_layers(agent, frames, rounds):
 
 
 def input_pipeline(config, batches, episodes=3):
-  """Seconds per batch of tools.make_dataset over random episodes of the config's
+  """Seconds per batch of replay.make_dataset over random episodes of the config's
   length (generator, batching; prefetch overlaps it with training in dreamer.py)."""
-  import tools
+  import replay
+  import storage
   rng = np.random.default_rng(0)
   rows = config.time_limit // config.action_repeat + 1
   with tempfile.TemporaryDirectory() as folder:
     for _ in range(episodes):
-      tools.save_episode(folder, dict(
+      storage.save_episode(folder, dict(
           image=rng.integers(0, 256, (rows, 64, 64, 3), np.uint8), discount=np.ones(rows, np.float32),
           action=rng.uniform(-1, 1, (rows, flop_count.ACTIONS)).astype(np.float32), reward=rng.normal(size=rows).astype(np.float32)))
-    dataset = iter(tools.make_dataset(tools.Episodes(folder), config.batch_size, config.batch_length))
+    dataset = iter(replay.make_dataset(replay.Episodes(folder), config.batch_size, config.batch_length))
     timed(lambda: next(dataset), 5)
     return sum(timed(lambda: next(dataset), batches)) / batches
 

@@ -32,10 +32,11 @@ import tensorflow as tf
 import tf_keras as keras
 
 from agent import Dreamer, random_policy
-import dreamer
 import configs
+import dreamer
 import golden_numpy
-import tools
+import replay
+import storage
 import wrappers
 
 # Keras stores Conv2DTranspose kernels as [h, w, out, in]; the file as [h, w, in, out].
@@ -97,14 +98,14 @@ def rollout_batch(config, directory):
   env = wrappers.Parallel(ctor, 'process')
   try:
     policy = random_policy(env.act_space, config.seed)
-    wrappers.simulate(policy, [env], episodes=1, callbacks=[functools.partial(tools.save_episode, directory)])
+    wrappers.simulate(policy, [env], episodes=1, callbacks=[functools.partial(storage.save_episode, directory)])
   finally:
     env.close()
-  episodes = tools.Episodes(directory)
+  episodes = replay.Episodes(directory)
   episodes.update()
   rng = np.random.default_rng(config.seed)
   windows = [episodes.sample(rng, config.batch_length) for _ in range(config.batch_size)]
-  return {key: np.stack([w[key] for w in windows]) for key in tools.EPISODE_KEYS}
+  return {key: np.stack([w[key] for w in windows]) for key in storage.EPISODE_KEYS}
 
 
 def draw_noise(config, action_size):
@@ -118,7 +119,7 @@ def draw_noise(config, action_size):
               imagine=dict(stoch=normal(H, N, S), action=normal(H, N, action_size)))
 
 
-def replay(agent, batch, noise):
+def recompute(agent, batch, noise):
   """Every stored quantity, from the agent's own functions; then one update, whose
   gradient norms and new weights are the last quantities (names: docs/REFERENCE.md)."""
   model = agent.model_outputs(agent.preprocess(batch), noise['observe'])
@@ -152,7 +153,7 @@ def write(out_path, flags):
   arrays.update({f'weights/{k}': v for k, v in file_weights(agent).items()})
   arrays.update({f'batch/{k}': v for k, v in batch.items()})
   arrays.update({f'noise/{step}/{k}': v for step, draws in noise.items() for k, v in draws.items()})
-  for name, value in replay(agent, batch, noise).items():
+  for name, value in recompute(agent, batch, noise).items():
     arrays[name if name.startswith('updated/') else f'out/{name}'] = value
   np.savez_compressed(out_path, **arrays)
   print(f'Wrote {out_path} ({pathlib.Path(out_path).stat().st_size / 2 ** 20:.1f} MiB, {len(arrays)} arrays).')
@@ -173,7 +174,7 @@ def check(path):
                imagine=dict(stoch=draws['imagine/stoch'], action=draws['imagine/action']))
   stored = {**golden['out'], **{f'updated/{k}': v for k, v in golden['updated'].items()}}
   before = {k: v.astype(np.float64) for k, v in golden['weights'].items()}
-  failed = golden_numpy.report(stored, replay(agent, golden['batch'], noise), golden['config'], before=before)
+  failed = golden_numpy.report(stored, recompute(agent, golden['batch'], noise), golden['config'], before=before)
   return golden_numpy.verdict(failed)
 
 

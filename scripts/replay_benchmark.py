@@ -1,11 +1,11 @@
-"""Memory and sampling speed of the replay (tools.Episodes) for a full paper run.
+"""Memory and sampling speed of the replay (replay.Episodes) for a full paper run.
 
   python scripts/replay_benchmark.py [--frames 2.5e6] [--before_frames 1e5]
       [--before 1f4de4c] [--real 'logdir/*/episodes/*.npz'] [--out results/replay_benchmark.json]
 
 A 5e6-step run stores 2.5 million 64x64 RGB frames (action repeat 2) in 5000 episodes of
 501 rows. Each store is measured in a child process of its own (this script with --child):
-after   this commit's tools.Episodes holding --frames frames. --pool distinct synthetic
+after   this commit's replay.Episodes holding --frames frames. --pool distinct synthetic
         episodes are compressed (StoredEpisode, the work update() does per file after
         reading it), then replicated with fresh copies of their compressed chunks up to
         --frames: every frame is held in its own buffer, as in a real run, but only the
@@ -61,26 +61,26 @@ def resident_mb():
       return int(line.split()[1]) / 1024
 
 
-def image_ratio(tools, images):
-  stored = [tools.StoredEpisode(dict(image=image)) for image in images]
+def image_ratio(store, images):
+  stored = [store.StoredEpisode(dict(image=image)) for image in images]
   return sum(image.nbytes for image in images) / sum(s.nbytes() for s in stored)
 
 
-def fill_after(tools, args, rng):
-  episodes = tools.Episodes(tempfile.mkdtemp())
+def fill_after(store, args, rng):
+  episodes = store.Episodes(tempfile.mkdtemp())
   start = time.perf_counter()
-  pool = [tools.StoredEpisode(synthetic_episode(rng)) for _ in range(args.pool)]
+  pool = [store.StoredEpisode(synthetic_episode(rng)) for _ in range(args.pool)]
   compress = (time.perf_counter() - start) / args.pool
   for index in range(args.frames // EPISODE):
     replica = copy.copy(pool[index % args.pool])
     replica._chunks = [bytes(memoryview(chunk)) for chunk in replica._chunks]  # Own buffers.
     episodes.add(pathlib.Path(f'synthetic-{index}'), replica)
   return episodes, dict(store_bytes_mb=episodes.nbytes() / 2 ** 20, compress_s_per_episode=compress,
-                        image_ratio=image_ratio(tools, [synthetic_episode(rng)['image'] for _ in range(3)]))
+                        image_ratio=image_ratio(store, [synthetic_episode(rng)['image'] for _ in range(3)]))
 
 
-def fill_before(tools, args, rng):
-  episodes = tools.Episodes(tempfile.mkdtemp())
+def fill_before(store, args, rng):
+  episodes = store.Episodes(tempfile.mkdtemp())
   pool = [synthetic_episode(rng) for _ in range(args.pool)]
   for index in range(args.frames // EPISODE):
     episodes.episodes[pathlib.Path(f'synthetic-{index}')] = {k: v.copy() for k, v in pool[index % args.pool].items()}
@@ -103,19 +103,20 @@ def child(args):
     folder = tempfile.mkdtemp()
     (pathlib.Path(folder) / 'tools.py').write_bytes(subprocess.check_output(['git', '-C', str(ROOT), 'show', f'{args.before}:tools.py']))
     sys.path.insert(0, folder)
+    import tools as store  # noqa: E402 (the store of commit --before)
   else:
     sys.path.insert(0, str(ROOT))
+    import replay as store
   import tensorflow as tf
-  import tools
   rng = np.random.default_rng(0)
   rss = resident_mb()
-  episodes, result = (fill_before if args.child == 'before' else fill_after)(tools, args, rng)
+  episodes, result = (fill_before if args.child == 'before' else fill_after)(store, args, rng)
   frames = args.frames // EPISODE * EPISODE
   result.update(frames=frames, rss_growth_mb=resident_mb() - rss)
   result['rss_bytes_per_frame'] = result['rss_growth_mb'] * 2 ** 20 / frames
   windows = iter(lambda: episodes.sample(rng, 50), None)
   result['sample_windows_one_thread'] = rate(windows, args.batches * 10, 10)
-  dataset = tools.make_dataset(episodes, 50, 50)
+  dataset = store.make_dataset(episodes, 50, 50)
   result['dataset_batches_autotune'] = rate(dataset.as_numpy_iterator(), args.batches, 3)
   options = tf.data.Options()
   options.threading.private_threadpool_size = 1
@@ -140,9 +141,10 @@ def main():
       ['git', '-C', str(ROOT), 'rev-parse', '--short', 'HEAD'], text=True).strip())
   if args.real:
     sys.path.insert(0, str(ROOT))
-    import tools
-    images = [tools.load_episode(f)['image'] for f in sorted(glob.glob(args.real))]
-    report['real_image_ratio'] = image_ratio(tools, images)
+    import replay
+    import storage
+    images = [storage.load_episode(f)['image'] for f in sorted(glob.glob(args.real))]
+    report['real_image_ratio'] = image_ratio(replay, images)
     report['real_frames'] = sum(map(len, images))
   for name, frames in (('before', args.before_frames), ('after', args.frames)):
     flags = ['--child', name, '--frames', str(frames), '--before', args.before, '--pool', str(args.pool), '--batches', str(args.batches)]

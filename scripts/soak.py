@@ -28,7 +28,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import tf_startup  # noqa: E402,F401 (after the path set-up): imports TensorFlow with its start-up messages filtered.
-import tools  # noqa: E402
+import runs  # noqa: E402
+import storage  # noqa: E402
 
 COMMAND = [sys.executable, str(ROOT / 'dreamer.py'), '--configs', 'debug', '--task', 'dmc_cartpole_balance', '--log_images', 'False', '--checkpoints', '2']
 
@@ -89,7 +90,7 @@ def episodes_check(directory, seen):
   problems = [f'episode {name} disappeared' for name in seen if not (directory / name).exists()]
   for filename in directory.glob('*.npz'):
     try:
-      tools.load_episode(filename)
+      storage.load_episode(filename)
     except ValueError as e:
       problems.append(f'episode {filename.name} {e}')
     seen.add(filename.name)
@@ -134,7 +135,7 @@ def main(args):
     stray = leaked(workers)
     problems += [f'run {run}: worker {pid} outlived its trainer' for pid in stray]
     problems += [f'run {run}: {p}' for p in episodes_check(episodes, seen)]
-    now = tools.count_steps(episodes, 2)
+    now = runs.count_steps(episodes, 2)
     if now < steps:
       problems.append(f'run {run}: step count went back from {steps} to {now}')
     fds = [fd for _, fd in samples if fd is not None]
@@ -159,7 +160,7 @@ def main(args):
     problems.append('the final run did not resume from the checkpoints')
   problems += [f'final run: worker {pid} outlived its trainer' for pid in leaked(workers)]
   problems += [f'final run: {p}' for p in episodes_check(episodes, seen)]
-  print(f'final run: exit {code}, env steps {steps} -> {tools.count_steps(episodes, 2)}, {len(seen)} episodes on disk, '
+  print(f'final run: exit {code}, env steps {steps} -> {runs.count_steps(episodes, 2)}, {len(seen)} episodes on disk, '
         f'leftover temporary files {len(list(episodes.glob(".*.tmp")))}', flush=True)
   for problem in problems:
     print('FAIL:', problem)

@@ -45,12 +45,12 @@ MIRRORED_SCRIPT = textwrap.dedent('''
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     sys.path[:0] = [sys.argv[1], sys.argv[1] + '/tests']
     from agent import Dreamer
-    import tools
+    import distributions
     from test_distribute import config_for, batch_for
     import pathlib
     # Remove sampling noise: replicas draw other random numbers than one device.
     tf.random.normal = lambda shape, mean=0.0, stddev=1.0, dtype=tf.float32, seed=None, name=None: tf.zeros(shape, dtype)
-    tools.SampleDist.sample = lambda self, *args, **kwargs: tf.tanh(self._dist.distribution.distribution.loc)
+    distributions.SampleDist.sample = lambda self, *args, **kwargs: tf.tanh(self._dist.distribution.distribution.loc)
     config = config_for(pathlib.Path(sys.argv[2]))
     single = Dreamer(config, 2)
     strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])

@@ -285,7 +285,7 @@ def reference_train(agent, config, batch):
     post = {k: tf.stack([s[k] for s in posts], 1) for k in state}
     prior = {k: tf.stack([s[k] for s in priors], 1) for k in state}
     feat = dyn.get_feat(post)
-    image = tfd.Independent(tfd.Normal(agent.decoder(feat).mean(), 1.0), 3)  # TFP's own, not tools.UnitNormal.
+    image = tfd.Independent(tfd.Normal(agent.decoder(feat).mean(), 1.0), 3)  # TFP's own, not distributions.UnitNormal.
     image_like = tf.reduce_mean(image.log_prob(data['image']))
     reward_like = tf.reduce_mean(agent.reward(feat).log_prob(data['reward']))
     kl = tf.reduce_mean(dyn.get_dist(post).kl_divergence(dyn.get_dist(prior)))

@@ -15,7 +15,7 @@ import time
 import pytest
 
 import runs
-import tools
+import storage
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEBUG = [sys.executable, str(ROOT / 'dreamer.py'), '--configs', 'debug', '--task', 'dmc_cartpole_balance', '--log_images', 'False']
@@ -132,11 +132,11 @@ def test_two_starts_on_one_logdir_one_trains_and_a_killed_holder_is_taken_over(t
   assert outputs[winner.pid][0].count('Prefill dataset with') == 1
   rows = [json.loads(line) for line in (logdir / 'metrics.jsonl').read_text().splitlines()]
   assert [row['step'] for row in rows if 'test/return' in row] == [200]  # One run's evaluation.
-  assert tools.count_steps(logdir / 'episodes', 2) == 400
+  assert runs.count_steps(logdir / 'episodes', 2) == 400
 
   # A holder killed mid-run leaves its record; the next start takes over and resumes.
   holder = subprocess.Popen(command + ['--steps', '600'], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  while tools.count_steps(logdir / 'episodes', 2) <= 400:  # Until it has collected an episode.
+  while runs.count_steps(logdir / 'episodes', 2) <= 400:  # Until it has collected an episode.
     assert holder.poll() is None
     time.sleep(0.2)
   assert runs.lock_holder(logdir)['pid'] == holder.pid  # What the sweep's --status reads.
@@ -150,8 +150,8 @@ def test_two_starts_on_one_logdir_one_trains_and_a_killed_holder_is_taken_over(t
                       f'(since {record_since(warnings[0])}), which is no longer running.']
   assert 'Resumed from' in final.stdout and 'Prefill' not in final.stdout
   for filename in (logdir / 'episodes').glob('*.npz'):
-    tools.load_episode(filename)
-  assert tools.count_steps(logdir / 'episodes', 2) == 600
+    storage.load_episode(filename)
+  assert runs.count_steps(logdir / 'episodes', 2) == 600
   assert (logdir / runs.LOCK_FILE).read_text() == ''  # Its normal exit cleared the record.
 
 

@@ -16,8 +16,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import tools
-from test_tools import random_episode
+import logger
+import replay
+import runs
+import storage
+from test_replay import random_episode
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEBUG = [sys.executable, str(ROOT / 'dreamer.py'), '--configs', 'debug', '--task', 'dmc_cartpole_balance']
@@ -27,24 +30,27 @@ def test_atomic_write_killed_midway_leaves_no_partial_file(tmp_path):
   script = textwrap.dedent(f'''
       import os, signal, sys
       sys.path.insert(0, {str(ROOT)!r})
-      import tools
+      import logger
+      import replay
+      import runs
+      import storage
       def write(f):
         f.write(b'half of an episode')
         f.flush()
         os.kill(os.getpid(), signal.SIGKILL)
-      tools.atomic_write({str(tmp_path / 'episode-1-10.npz')!r}, write)
+      storage.atomic_write({str(tmp_path / 'episode-1-10.npz')!r}, write)
   ''')
   result = subprocess.run([sys.executable, '-c', script])
   assert result.returncode == -signal.SIGKILL
   assert not list(tmp_path.glob('*.npz'))
-  episodes = tools.Episodes(tmp_path)
+  episodes = replay.Episodes(tmp_path)
   episodes.update()  # The leftover temporary file is not an episode.
   assert not episodes.episodes
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, capsys):
   variable = tf.Variable(1.0)
-  checkpoints = tools.Checkpoints(tmp_path, dict(v=variable), keep=2)
+  checkpoints = storage.Checkpoints(tmp_path, dict(v=variable), keep=2)
   checkpoints.save()
   variable.assign(2.0)
   checkpoints.save()
@@ -63,7 +69,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, capsys):
 
 def test_checkpoints_ignore_files_that_are_not_numbered_folders(tmp_path):
   variable = tf.Variable(1.0)
-  checkpoints = tools.Checkpoints(tmp_path, dict(v=variable), keep=2)
+  checkpoints = storage.Checkpoints(tmp_path, dict(v=variable), keep=2)
   (tmp_path / 'ckpt-7.index').write_text('another format')
   (tmp_path / 'ckpt-x').mkdir()
   assert checkpoints.save().name == 'ckpt-1'
@@ -71,17 +77,17 @@ def test_checkpoints_ignore_files_that_are_not_numbered_folders(tmp_path):
 
 
 def test_checkpoint_restore_with_none_saved_returns_none(tmp_path):
-  assert tools.Checkpoints(tmp_path, dict(v=tf.Variable(1.0)), keep=2).restore() is None
+  assert storage.Checkpoints(tmp_path, dict(v=tf.Variable(1.0)), keep=2).restore() is None
 
 
 def test_checkpoint_from_before_a_counter_existed_restores_and_the_counter_keeps_its_value(tmp_path, capsys):
-  old = tools.Checkpoints(tmp_path, dict(v=tf.Variable(5.0)), keep=2)
+  old = storage.Checkpoints(tmp_path, dict(v=tf.Variable(5.0)), keep=2)
   old.save()
   variable, counter = tf.Variable(0.0), tf.Variable(-1, dtype=tf.int64)
-  assert tools.Checkpoints(tmp_path, dict(v=variable, step=counter), keep=2, optional=['step']).restore().name == 'ckpt-1'
+  assert storage.Checkpoints(tmp_path, dict(v=variable, step=counter), keep=2, optional=['step']).restore().name == 'ckpt-1'
   assert float(variable) == 5.0 and int(counter) == -1
   # A required object missing from every checkpoint: nothing is restored.
-  assert tools.Checkpoints(tmp_path, dict(v=variable, w=tf.Variable(1.0)), keep=2).restore() is None
+  assert storage.Checkpoints(tmp_path, dict(v=variable, w=tf.Variable(1.0)), keep=2).restore() is None
   assert capsys.readouterr().err.startswith(f'Warning: checkpoint {tmp_path / "ckpt-1"} cannot be restored')
 
 
@@ -104,7 +110,7 @@ def test_killed_at_random_moments_run_resumes_to_the_end(tmp_path):
         process.send_signal(signal.SIGKILL)
         process.wait()
     for filename in (logdir / 'episodes').glob('*.npz'):
-      tools.load_episode(filename)  # Raises on a partial or corrupt file.
+      storage.load_episode(filename)  # Raises on a partial or corrupt file.
   final = subprocess.run(command, capture_output=True, text=True, timeout=600)
   assert final.returncode == 0, final.stdout[-3000:] + final.stderr[-3000:]
   logs = [f.read_text() for f in outputs] + [final.stdout]
@@ -112,7 +118,7 @@ def test_killed_at_random_moments_run_resumes_to_the_end(tmp_path):
   assert sum('Prefill' in log for log in logs) <= 3  # Only until the prefill finished.
   assert 'Prefill' not in final.stdout
   files = list((logdir / 'episodes').glob('*.npz'))
-  assert tools.count_steps(logdir / 'episodes', 2) == 1200 == 100 * len(files)
+  assert runs.count_steps(logdir / 'episodes', 2) == 1200 == 100 * len(files)
   assert not [f for f in (logdir / 'checkpoints').iterdir() if not f.name.startswith('ckpt-')]
   assert len(list((logdir / 'checkpoints').iterdir())) <= 2
   # Every phase trained once: pretrain at 200, then train_steps at 400, ..., 1200 (a
@@ -201,14 +207,14 @@ def test_failed_episode_write_leaves_no_partial_file_and_keeps_the_others(failin
   folder, fail, error = failing_disk
   directory = folder / 'episodes'
   rng = np.random.default_rng(0)
-  kept = tools.save_episode(directory, random_episode(101, rng))  # 1.2 MB: random images do not compress.
-  with fail(), pytest.raises(tools.WriteError) as raised:
-    tools.save_episode(directory, random_episode(101, rng))
+  kept = storage.save_episode(directory, random_episode(101, rng))  # 1.2 MB: random images do not compress.
+  with fail(), pytest.raises(storage.WriteError) as raised:
+    storage.save_episode(directory, random_episode(101, rng))
   message = str(raised.value)
   assert message.startswith(f'Cannot write {directory}/') and message.endswith(f'-101.npz: {error}{ADVICE}')
   assert [f.name for f in directory.iterdir()] == [kept.name]
-  tools.save_episode(directory, random_episode(101, rng))  # With space again.
-  episodes = tools.Episodes(directory)
+  storage.save_episode(directory, random_episode(101, rng))  # With space again.
+  episodes = replay.Episodes(directory)
   episodes.update()
   assert len(episodes.episodes) == 2
 
@@ -218,11 +224,11 @@ def test_failed_checkpoint_write_removes_its_folder_and_the_previous_one_restore
   directory = folder / 'checkpoints'
   (directory / '.tmp-ckpt-7').mkdir(parents=True)  # Left by a killed run.
   variable = tf.Variable(tf.fill([600_000], 1.0))  # 2.4 MB.
-  checkpoints = tools.Checkpoints(directory, dict(v=variable), keep=2)
+  checkpoints = storage.Checkpoints(directory, dict(v=variable), keep=2)
   checkpoints.save()
   assert [f.name for f in directory.iterdir()] == ['ckpt-1']
   variable.assign(tf.fill([600_000], 2.0))
-  with fail(), pytest.raises(tools.WriteError) as raised:
+  with fail(), pytest.raises(storage.WriteError) as raised:
     checkpoints.save()
   # TensorFlow's SaveV2 error, in one line without its op or function names.
   assert str(raised.value) == f'Cannot write {directory}/.tmp-ckpt-2: {error}{ADVICE}'
@@ -232,25 +238,25 @@ def test_failed_checkpoint_write_removes_its_folder_and_the_previous_one_restore
 
 
 def test_failed_metrics_write_leaves_no_partial_line_and_keeps_the_values(tmp_path):
-  logger = tools.Logger(tmp_path, 10, 100)
+  log = logger.Logger(tmp_path, 10, 100)
   filename = tmp_path / 'metrics.jsonl'
   padding = 2 ** 20 - 10 - len(json.dumps({'step': 0, 'pad': ''}) + '\n')
   filename.write_text(json.dumps({'step': 0, 'pad': 'x' * padding}) + '\n')  # 10 bytes below the limit.
   before = filename.read_bytes()
-  logger.scalar('train/return', 5.0)
-  with file_size_limit(), pytest.raises(tools.WriteError) as raised:
-    logger.write(0)
+  log.scalar('train/return', 5.0)
+  with file_size_limit(), pytest.raises(storage.WriteError) as raised:
+    log.write(0)
   assert str(raised.value) == f'Cannot write {filename}: File too large{ADVICE}'
   assert filename.read_bytes() == before  # The 10 bytes that fitted were cut off again.
-  logger.write(0)
+  log.write(0)
   assert json.loads(filename.read_text().splitlines()[-1]) == {'step': 10, 'budget': 100, 'updates': 0, 'train/return': 5.0}
 
 
 def test_failed_video_write_leaves_no_partial_gif(tmp_path):
-  logger = tools.Logger(tmp_path, 10, 100)
-  logger.video('test/policy', np.random.default_rng(0).integers(0, 256, (10, 128, 128, 3), dtype=np.uint8))
-  with file_size_limit(100_000), pytest.raises(tools.WriteError) as raised:
-    logger.write(0)
+  log = logger.Logger(tmp_path, 10, 100)
+  log.video('test/policy', np.random.default_rng(0).integers(0, 256, (10, 128, 128, 3), dtype=np.uint8))
+  with file_size_limit(100_000), pytest.raises(storage.WriteError) as raised:
+    log.write(0)
   assert str(raised.value) == f'Cannot write {tmp_path}/videos/test_policy_10.gif: File too large{ADVICE}'
   assert not list((tmp_path / 'videos').iterdir())
 
@@ -282,5 +288,5 @@ def test_disk_full_during_a_run_stops_with_one_line_and_a_rerun_resumes(tmp_path
     episodes = sorted((logdir / 'episodes').glob('*.npz'))
     assert set(saved) <= set(episodes)
     for filename in episodes:
-      tools.load_episode(filename)
-    assert tools.count_steps(logdir / 'episodes', 2) == 600
+      storage.load_episode(filename)
+    assert runs.count_steps(logdir / 'episodes', 2) == 600

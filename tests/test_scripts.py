@@ -413,7 +413,7 @@ def test_report_gives_an_appendix_commands_protocol_settings_machine_compute_and
   assert result.returncode == 0, result.stderr
   text = (out / 'REPORT.md').read_text()
   # Training commands: the preset, then only what differs from it (seed 1 of A: horizon 10).
-  assert (f'python dreamer.py --configs cpu --steps 105000 --task TASK --seed SEED --logdir sweep/TASK/dreamer/SEED') in text
+  assert ('python dreamer.py --configs cpu --steps 105000 --task TASK --seed SEED --logdir sweep/TASK/dreamer/SEED') in text
   assert ('python dreamer.py --configs cpu --steps 105000 --horizon 10 --task TASK --seed SEED '
           '--logdir sweep/TASK/dreamer/SEED') in text
   assert f'python scripts/sweep.py --root sweep --method dreamer --tasks {A} {B} --seeds 0 --configs cpu --steps 105000' in text
