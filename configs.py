@@ -32,7 +32,7 @@ DEFAULTS = dict(
     batch_size=50, batch_length=50, train_every=1000, collect_episodes=0, train_steps=100, pretrain=100,
     model_lr=6e-4, value_lr=8e-5, actor_lr=8e-5, adam_epsilon=1e-7, grad_clip=100.0,
     weight_decay=0.0, weight_decay_pattern=r'.*', dataset_balance=False,
-    # Behaviour.
+    # Behavior.
     behavior='dreamer', discount=0.99, disclam=0.95, horizon=15,
     planet_horizon=12, planet_iterations=10, planet_candidates=1000, planet_top=100,
     action_dist='tanh_normal', action_init_std=5.0, expl='additive_gaussian',
@@ -120,7 +120,7 @@ PRESETS = dict(
     # schedule ratios, latent sizes and horizon kept (README, Learning check),
     # with the layers reformulated for CPU speed (models.LAYERS).
     cpu=dict(cnn_depth=16, num_units=200, batch_size=10, layer_impl='fast'),
-    # The behaviour of the authors' TF2 code, behind the published curves (README,
+    # The behavior of the authors' TF2 code, behind the published curves (README,
     # Code behind the published curves): one RSSM noise vector per step for the
     # whole batch (ALGORITHM 2.5), and a first training phase of 101 updates (their
     # constructor trains once to build the optimiser, then pretrains 100).

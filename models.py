@@ -1,4 +1,4 @@
-"""Networks of the world model (ALGORITHM 2) and of behaviour learning (ALGORITHM 4-5)."""
+"""Networks of the world model (ALGORITHM 2) and of behavior learning (ALGORITHM 4-5)."""
 
 import numpy as np
 import tensorflow as tf

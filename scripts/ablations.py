@@ -46,7 +46,7 @@ SEEDS = dict(horizon=3, representation=5)
 
 
 def horizon_study(horizons):
-  """(method, dreamer.py flags) for each behaviour at each imagination horizon."""
+  """(method, dreamer.py flags) for each behavior at each imagination horizon."""
   for horizon in horizons:
     yield f'dreamer_h{horizon}', ['--behavior', 'dreamer', '--horizon', str(horizon)]
     yield f'no_value_h{horizon}', ['--behavior', 'no_value', '--horizon', str(horizon)]

@@ -28,7 +28,7 @@ train   Per config (paper = the dreamer.py defaults; debug and cpu presets) a ch
 breakdown  In the same child: the parts of one train step as separate tf.functions on
         fixed inputs, each timed once per round over --steps rounds (median): world model
         forward, its backward (forward+backward minus forward), the action-entropy
-        estimate (100 actor samples per start state), imagination forward, the behaviour
+        estimate (100 actor samples per start state), imagination forward, the behavior
         losses forward, their backward through imagination, and the rest of the step
         (optimisers, clipping, finiteness checks, metrics), plus the op runs per call of
         each (graph walk below), the input pipeline's time per batch (replay.make_dataset
@@ -153,8 +153,8 @@ def step_parts(agent, batch):
       world_model_forward_backward=lambda: world_model(True),
       action_entropy=lambda: tf.reduce_mean(agent.actor(agent.dynamics.get_feat(post)).entropy()),
       imagination_forward=lambda: agent.imagine_ahead(post),
-      behaviour_losses_forward=lambda: agent.behavior_losses(imag_feat)[:2],
-      behaviour_forward_backward=lambda: agent.behavior_gradients(post, None, optimizers)[0],
+      behavior_losses_forward=lambda: agent.behavior_losses(imag_feat)[:2],
+      behavior_forward_backward=lambda: agent.behavior_gradients(post, None, optimizers)[0],
       train_step=lambda: agent.train(batch))
   return {name: tf.function(fn) for name, fn in parts.items()}
 
@@ -179,8 +179,8 @@ def breakdown(agent, batch, rounds):
       world_model_forward=t['world_model_forward'],
       world_model_backward=t['world_model_forward_backward'] - t['world_model_forward'],
       action_entropy=t['action_entropy'], imagination_forward=t['imagination_forward'],
-      behaviour_losses_forward=t['behaviour_losses_forward'],
-      behaviour_backward=t['behaviour_forward_backward'] - t['imagination_forward'] - t['behaviour_losses_forward'])
+      behavior_losses_forward=t['behavior_losses_forward'],
+      behavior_backward=t['behavior_forward_backward'] - t['imagination_forward'] - t['behavior_losses_forward'])
   seconds['rest'] = t['train_step'] - sum(seconds.values())
   return dict(seconds=seconds, step_s=t['train_step'], rounds=rounds, measured_s=t, ops=ops)
 

@@ -4,7 +4,7 @@ training step for porters (docs/REFERENCE.md).
 Usage: python scripts/golden_numpy.py golden.npz
 
 From the file's weights, batch and noise alone it recomputes, in float64, the world
-model's forward pass and loss (ALGORITHM 2-3), the imagination rollout and the behaviour losses
+model's forward pass and loss (ALGORITHM 2-3), the imagination rollout and the behavior losses
 (ALGORITHM 4-5), and compares them with the stored float32 outputs. Gradient norms and
 updated weights are checked by `scripts/golden.py check` only. Prints the largest
 absolute and relative error of every quantity; exits 0 when all are within tolerance,
@@ -304,7 +304,7 @@ def imagine(w, c, post, noise):
   return np.stack(feats), np.stack(actions)
 
 
-def behaviour(w, c, imag_feat):
+def behavior(w, c, imag_feat):
   """Lambda-returns, weights, actor and value losses (ALGORITHM 4.2-4.3, paper eq. 6-8)."""
   act = ACTIVATIONS[c['dense_act']]
   reward = mlp(w, 'reward', imag_feat, act)[..., 0]
@@ -340,7 +340,7 @@ def replay(golden):
   noise = {k: v.astype(np.float64) for k, v in golden['noise'].items()}
   out, post = world_model(w, c, batch, noise)
   out['imagine/feat'], out['imagine/action'] = imagine(w, c, post, noise)
-  out.update(behaviour(w, c, out['imagine/feat']))
+  out.update(behavior(w, c, out['imagine/feat']))
   return out
 
 

@@ -55,8 +55,8 @@ def test_debug_config_run_writes_positive_numbers(tmp_path):
   ops = parts['ops']
   # A backward pass adds ops to its forward pass; the whole step holds every part.
   assert ops['world_model_forward_backward'] > ops['world_model_forward'] > 0
-  assert ops['behaviour_forward_backward'] > ops['imagination_forward'] + ops['behaviour_losses_forward']
-  assert ops['train_step'] > ops['world_model_forward_backward'] + ops['behaviour_forward_backward']
+  assert ops['behavior_forward_backward'] > ops['imagination_forward'] + ops['behavior_losses_forward']
+  assert ops['train_step'] > ops['world_model_forward_backward'] + ops['behavior_forward_backward']
   # Every convolution, with the shapes ALGORITHM 2.2-2.3's layers give at cnn_depth 4.
   layers = parts['conv_layers']
   assert {name: layer['shape'] for name, layer in layers.items()} == {
