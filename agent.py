@@ -213,12 +213,11 @@ class Dreamer(tf.Module):
     feat = self.dynamics.get_feat(post)
     heads = dict(reward=self.reward, pcont=self.pcont, **self.objective.heads, **self.behavior.heads)
     # A head names its layers (dense_<n>) when first called: this order keeps the
-    # names, and the initial weights of a seed, of earlier versions.
-    for name in ('decoder', 'reward', 'actor', 'pcont', 'value'):
-      if heads.get(name):
-        heads[name](feat)
-    if 'state_model' in heads:
-      heads['state_model'](embed)
+    # names, and the initial weights of a seed, of earlier versions; heads it does
+    # not name come after, in their order above.
+    order = ('decoder', 'reward', 'actor', 'pcont', 'value')
+    for name in sorted(filter(heads.get, heads), key=lambda n: order.index(n) if n in order else len(order)):
+      heads[name](embed if name == 'state_model' else feat)  # The state model reads o_t alone.
     for opt, variables in self.optimizers().values():
       opt.build(variables)
 
